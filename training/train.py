@@ -1,0 +1,306 @@
+"""Train the U-Net: ``python -m training.train --recipe cpu|paper [--resume]``.
+
+Recipes:
+- ``paper``: the paper's recipe. Adam (defaults), binary cross-entropy, batch 4, 100 epochs,
+  full 560x576 images with the paper's augmentation; mixed float16 on a GPU.
+- ``cpu``: what a 2-core CPU can afford. Random 256x256 patches, half of them centred on a
+  hemorrhage pixel; BCE + soft Dice (hemorrhage is ~1 % of pixels); Adam 1e-3 halved when
+  validation Dice stalls; early stopping on validation Dice. bf16 mixed precision where the CPU
+  has AMX/AVX512-BF16 (fast there), float32 otherwise (bf16 is emulated and slow on AVX2).
+
+An "epoch" of the cpu recipe is ``--steps`` batches. After each epoch: validation on the 8
+VAL_IDS images at full model resolution, a checkpoint (weights + optimizer state + RNG) in the
+run folder, ``best.weights.h5`` when validation Dice improves, a CSV log and a PNG of the curves.
+``--resume`` continues from the run folder's checkpoint. Runs live outside git
+(``$HEMOSEG_CACHE/runs/<recipe>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def choose_precision(requested: str, on_gpu: bool) -> str:
+    """'mixed_float16' on GPU, 'mixed_bfloat16' on CPUs with native bf16, else 'float32'."""
+    if requested != "auto":
+        return requested
+    if on_gpu:
+        return "mixed_float16"
+    flags = cpu_flags()
+    return "mixed_bfloat16" if {"amx_bf16", "avx512_bf16"} & flags else "float32"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
+    p.add_argument("--recipe", choices=("cpu", "paper"), default="cpu")
+    p.add_argument("--epochs", type=int, default=None, help="paper: 100; cpu: 200 (early stop)")
+    p.add_argument("--steps", type=int, default=100, help="cpu recipe: batches per epoch")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--patch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=25, help="epochs without val gain to stop")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N train images")
+    p.add_argument("--run-dir", type=Path, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--precision", default="auto", help="auto|float32|mixed_bfloat16|mixed_float16")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import numpy as np
+
+    from training.augment import augment
+    from training.data import cache_root, idrid_items, load_cached
+    from training.losses import bce_dice_loss, dice_from_probs
+    from training.model import build_unet
+
+    on_gpu = _gpu_available(keras.backend.backend())
+    precision = choose_precision(args.precision, on_gpu)
+    keras.mixed_precision.set_global_policy(precision)
+    epochs = args.epochs or (100 if args.recipe == "paper" else 200)
+    run_dir = args.run_dir or cache_root() / "runs" / args.recipe
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    train = load_cached(idrid_items("train"))[: args.limit]
+    val = load_cached(idrid_items("val"))
+    if args.limit:
+        val = val[: max(1, min(len(val), args.limit))]
+    model_hw = train[0].x.shape
+    full = args.recipe == "paper"
+    model = build_unet(model_hw if full else (None, None))
+    loss = "binary_crossentropy" if full else bce_dice_loss
+    optimizer = keras.optimizers.Adam() if full else keras.optimizers.Adam(args.lr)
+    model.compile(optimizer=optimizer, loss=loss)
+    val_model = build_unet(model_hw) if not full else model
+
+    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": -1, "lr": args.lr, "stall": 0}
+    rng = np.random.default_rng(args.seed)
+    if args.resume and (run_dir / "last.weights.h5").exists():
+        state = _load_checkpoint(run_dir, model, optimizer)
+        rng = np.random.default_rng([args.seed, state["epoch"]])
+        print(f"resumed {run_dir} at epoch {state['epoch']}", flush=True)
+    elif args.resume:
+        print(f"no checkpoint in {run_dir}; starting fresh", flush=True)
+
+    info = {
+        "recipe": args.recipe,
+        "backend": keras.backend.backend(),
+        "precision": precision,
+        "device": "gpu" if on_gpu else "cpu",
+        "cpu_model": _cpu_model(),
+        "train_images": len(train),
+        "val_images": len(val),
+        "batch": args.batch,
+        "patch": None if full else args.patch,
+    }
+    print(json.dumps(info), flush=True)
+    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
+    log_path = run_dir / "log.csv"
+
+    steps = (len(train) + args.batch - 1) // args.batch if full else args.steps
+    for epoch in range(state["epoch"], epochs):
+        t0 = time.time()
+        optimizer.learning_rate.assign(state["lr"]) if not full else None
+        losses = []
+        bar = _progress(steps, f"epoch {epoch + 1}/{epochs}", args.no_progress)
+        order = rng.permutation(len(train))
+        for step in range(steps):
+            if full:
+                idx = order[step * args.batch : (step + 1) * args.batch]
+                pairs = [augment(train[i].x, train[i].y, rng, allow_transpose=False) for i in idx]
+            else:
+                pairs = [_sample_patch(train, args.patch, rng) for _ in range(args.batch)]
+                pairs = [augment(x, y, rng) for x, y in pairs]
+            xb = np.stack([p[0] for p in pairs])[..., None]
+            yb = np.stack([p[1] for p in pairs])[..., None]
+            out = model.train_on_batch(xb, yb)
+            losses.append(float(out if np.isscalar(out) else np.asarray(out).ravel()[0]))
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+        bar.close()
+        train_time = time.time() - t0
+        if val_model is not model:
+            val_model.set_weights(model.get_weights())
+        probs = [
+            np.asarray(val_model.predict_on_batch(e.x[None, ..., None]), dtype=np.float32)[0, ..., 0]
+            for e in val
+        ]
+        dice05, best_dice, best_thr = dice_from_probs(probs, [e.y >= 0.5 for e in val])
+        improved = best_dice > state["best_dice"]
+        if improved:
+            state.update(best_dice=best_dice, best_epoch=epoch + 1, stall=0, best_thr=best_thr)
+            model.save_weights(run_dir / "best.weights.h5")
+        else:
+            state["stall"] += 1
+            if not full and state["stall"] % 8 == 0:
+                state["lr"] = max(state["lr"] * 0.5, 1e-5)
+        state["epoch"] = epoch + 1
+        row = {
+            "epoch": epoch + 1,
+            "loss": round(float(np.mean(losses)), 5),
+            "val_dice@0.5": round(dice05, 4),
+            "val_dice_best": round(best_dice, 4),
+            "val_thr": best_thr,
+            "lr": state["lr"],
+            "seconds": round(train_time, 1),
+            "samples_per_s": round(steps * args.batch / train_time, 3),
+        }
+        _append_csv(log_path, row)
+        _save_checkpoint(run_dir, model, optimizer, state)
+        _plot(log_path, run_dir / "curves.png")
+        print(json.dumps(row) + (" *" if improved else ""), flush=True)
+        if not full and state["stall"] >= args.patience:
+            print(f"early stop: no val gain for {args.patience} epochs", flush=True)
+            break
+    print(f"best val Dice {state['best_dice']:.4f} at epoch {state['best_epoch']}", flush=True)
+    return 0
+
+
+def _gpu_available(backend: str) -> bool:
+    if backend == "torch":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(d.platform == "gpu" for d in jax.devices())
+    return False
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _sample_patch(train, size, rng):
+    """A random patch; half of the time centred (with jitter) on a hemorrhage pixel."""
+    import numpy as np
+
+    ex = train[int(rng.integers(len(train)))]
+    h, w = ex.x.shape
+    if rng.random() < 0.5:
+        ys, xs = np.nonzero(ex.y >= 0.5)
+        if ys.size:
+            k = int(rng.integers(ys.size))
+            cy = ys[k] + int(rng.integers(-size // 3, size // 3 + 1))
+            cx = xs[k] + int(rng.integers(-size // 3, size // 3 + 1))
+            y0 = int(np.clip(cy - size // 2, 0, h - size))
+            x0 = int(np.clip(cx - size // 2, 0, w - size))
+            return ex.x[y0 : y0 + size, x0 : x0 + size], ex.y[y0 : y0 + size, x0 : x0 + size]
+    for _ in range(10):  # a patch that is mostly inside the field of view
+        y0, x0 = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
+        px = ex.x[y0 : y0 + size, x0 : x0 + size]
+        if (px > 0.02).mean() > 0.5:
+            break
+    return px, ex.y[y0 : y0 + size, x0 : x0 + size]
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(total: int, desc: str, disabled: bool):
+    if disabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def _save_checkpoint(run_dir: Path, model, optimizer, state: dict) -> None:
+    import numpy as np
+
+    tmp = run_dir / "last.tmp.weights.h5"
+    model.save_weights(tmp)
+    opt = {f"v{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)}
+    np.savez(run_dir / "optimizer.tmp.npz", **opt)
+    (run_dir / "state.tmp.json").write_text(json.dumps(state))
+    os.replace(tmp, run_dir / "last.weights.h5")
+    os.replace(run_dir / "optimizer.tmp.npz", run_dir / "optimizer.npz")
+    os.replace(run_dir / "state.tmp.json", run_dir / "state.json")
+
+
+def _load_checkpoint(run_dir: Path, model, optimizer) -> dict:
+    import numpy as np
+
+    model.load_weights(run_dir / "last.weights.h5")
+    optimizer.build(model.trainable_variables)
+    z = np.load(run_dir / "optimizer.npz")
+    for i, v in enumerate(optimizer.variables):
+        v.assign(z[f"v{i}"])
+    return json.loads((run_dir / "state.json").read_text())
+
+
+def _append_csv(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+def _plot(log_path: Path, png: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    with open(log_path) as f:
+        rows = list(csv.DictReader(f))
+    ep = [int(r["epoch"]) for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    ax[0].plot(ep, [float(r["loss"]) for r in rows])
+    ax[0].set(title="training loss", xlabel="epoch")
+    ax[1].plot(ep, [float(r["val_dice_best"]) for r in rows], label="best threshold")
+    ax[1].plot(ep, [float(r["val_dice@0.5"]) for r in rows], label="threshold 0.5")
+    ax[1].set(title="validation Dice (model resolution)", xlabel="epoch")
+    ax[1].legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=80)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
