@@ -25,6 +25,8 @@ from .errors import InputImageError
 MAX_PIXELS = 60_000_000  # 4288x2848 is 12.2 Mpx; 60 Mpx leaves room for any fundus camera
 MAX_FILE_BYTES = 256 * 1024 * 1024
 MIN_SIDE = 64
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 _MAGIC = {
     b"\xff\xd8\xff": "jpeg",
@@ -198,6 +200,7 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[str], None]) -> None
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp" + p.suffix, dir=p.parent)
     os.close(fd)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         writer(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -223,3 +226,35 @@ def encode_png(image: np.ndarray) -> bytes:
     if not ok:  # pragma: no cover
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()
+
+
+def load_overlay_frame(path: str | os.PathLike, result, max_side: int = 2048) -> np.ndarray:
+    """The colour image to draw an overlay on: longest side ``max_side`` (0 = original)."""
+    h, w = result.geometry.original_hw
+    data = read_bytes(path)
+    fmt = sniff_format(data)
+    k = 1
+    if fmt == "jpeg" and max_side:
+        for cand in (8, 4, 2):
+            if max(h, w) / cand >= max_side:
+                k = cand
+                break
+    if fmt == "dicom":
+        frame = decode_image(data, str(path)).frame
+    else:
+        frame = cv2.imdecode(
+            np.frombuffer(data, np.uint8), _REDUCED_FLAG[k] | cv2.IMREAD_IGNORE_ORIENTATION
+        )
+        if frame is None:
+            raise InputImageError(f"{path}: cannot decode for the overlay")
+    if frame.ndim == 2:
+        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+    if frame.dtype != np.uint8:
+        frame = (frame // 257).astype(np.uint8)
+    if frame.shape[2] == 4:
+        frame = frame[:, :, :3]
+    fh, fw = frame.shape[:2]
+    if max_side and max(fh, fw) > max_side:
+        s = max_side / max(fh, fw)
+        frame = cv2.resize(frame, (round(fw * s), round(fh * s)), interpolation=cv2.INTER_AREA)
+    return frame

@@ -6,11 +6,12 @@ this module. Its arithmetic, exactly:
 1. **Frame.** A decoded 8-bit BGR frame (``io.load_image`` may decode a JPEG at 1/2, 1/4 or 1/8
    scale; the frame then covers the same physical area as the original file).
 2. **Field of view (FOV).** On a copy shrunk to at most 512 px wide (``cv2.INTER_AREA``), the
-   per-pixel maximum over B, G, R is thresholded at ``clip(0.2 * p95, 10, 40)``; after a 3x3
-   opening, the largest 8-connected component is the FOV. Its bounding box, padded by one
+   per-pixel maximum over B, G, R is thresholded at ``clip(0.08 * p95, 10, 20)``; after a 3x3
+   opening, the largest 8-connected component is the FOV (its convex hull, so that dim, vignetted edges do
+   not dent it). Its bounding box, padded by one
    small-image pixel and scaled back, is the crop box ``(x0, y0, x1, y1)`` in frame pixels
    (integers, ``x1``/``y1`` exclusive, clipped to the frame). A circle is fitted (algebraic least
-   squares) to the component's outline points that do not touch the frame's edge, so circles
+   squares) to the hull's outline points that do not touch the frame's edge, so circles
    clipped at the top and bottom (IDRiD) are measured correctly.
 3. **Green.** ``g = frame[:, :, 1]`` (OpenCV frames are BGR) as float32.
 4. **Resize = exact area resampling.** Output pixel ``(j, i)`` of an ``H x W`` tensor is the
@@ -21,7 +22,7 @@ this module. Its arithmetic, exactly:
    filter is separable: ``out = Wy @ g @ Wx.T``, float32, accumulated in float32. (For shrinking
    this equals ``cv2.INTER_AREA``; unlike it, it is defined the same way for enlarging and for
    fractional boxes, which is what lets masks at full resolution share the exact geometry.)
-5. **Normalise.** ``x = out / 255`` -> float32 in [0, 1], tensor layout NCHW ``(1, 1, H, W)``.
+5. **Normalise.** ``x = clip(out / 255, 0, 1)`` -> float32, tensor layout NCHW ``(1, 1, H, W)``.
 
 Masks go through steps 4 (on the same physical box, in the mask's own pixel grid) without the
 division, giving the fraction of each model pixel covered by lesion.
@@ -138,6 +139,16 @@ def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float] | 
     return float(cx), float(cy), float(np.sqrt(r2))
 
 
+def _densify(poly: np.ndarray, step: float = 2.0) -> np.ndarray:
+    """Points every ``step`` px along a closed polygon (hull vertices are sparse on lines)."""
+    out = []
+    for a, b in zip(poly, np.roll(poly, -1, axis=0)):
+        n = max(1, int(np.hypot(*(b - a)) / step))
+        t = np.arange(n)[:, None] / n
+        out.append(a + t * (b - a))
+    return np.concatenate(out)
+
+
 def find_fov(frame: np.ndarray) -> Fov:
     """Locate the circular field of view in a BGR (or grey) uint8 frame."""
     fh, fw = frame.shape[:2]
@@ -145,7 +156,7 @@ def find_fov(frame: np.ndarray) -> Fov:
     sw, sh = max(1, round(fw * scale)), max(1, round(fh * scale))
     small = cv2.resize(frame, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1 else frame
     v = small.max(axis=2) if small.ndim == 3 else small
-    thr = float(np.clip(0.2 * np.percentile(v, 95), 10, 40))
+    thr = float(np.clip(0.08 * np.percentile(v, 95), 10, 20))
     binary = (v > thr).astype(np.uint8)
     binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
@@ -156,12 +167,13 @@ def find_fov(frame: np.ndarray) -> Fov:
     bx, by, bw, bh, _ = stats[k]
     comp = (labels == k).astype(np.uint8)
     contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    hull = cv2.convexHull(np.concatenate(contours))  # dim, vignetted edges dent the outline
     filled = np.zeros_like(comp)
-    cv2.drawContours(filled, contours, -1, 1, thickness=-1)
+    cv2.drawContours(filled, [hull], -1, 1, thickness=-1)
     area = int(filled.sum())
     if area < 0.1 * sw * sh:
         return whole
-    pts = np.concatenate([c.reshape(-1, 2) for c in contours]).astype(np.float64)
+    pts = _densify(hull.reshape(-1, 2).astype(np.float64))
     inner = (pts[:, 0] > 0) & (pts[:, 0] < sw - 1) & (pts[:, 1] > 0) & (pts[:, 1] < sh - 1)
     fit = _fit_circle(pts[inner, 0], pts[inner, 1])
     if fit is None or not (0.25 * max(bw, bh) < fit[2] < 2.0 * max(bw, bh)):
@@ -239,6 +251,7 @@ def preprocess_frame(
     crop = green[y0:y1, x0:x1]
     out = area_resample(green, fov.box, model_hw)
     out *= np.float32(1.0 / 255.0)
+    np.clip(out, 0.0, 1.0, out=out)  # float rounding can give 1.0000001
     sx, sy = ow / fw, oh / fh
     geometry = Geometry(
         original_hw=(oh, ow),
@@ -261,7 +274,7 @@ def preprocess_mask(mask: np.ndarray, geometry: Geometry) -> np.ndarray:
 
 # Bump when any arithmetic in this module changes; models record the sha of this string.
 PREPROCESS_SPEC = (
-    "hemoseg-preprocess/1: fov=max(BGR)>clip(0.2*p95,10,40) on <=512px, open3, largest cc, "
+    "hemoseg-preprocess/1: fov=max(BGR)>clip(0.08*p95,10,20) on <=512px, open3, largest cc, "
     "bbox+1px; green; exact separable area resampling of box -> HxW; /255; NCHW float32"
 )
 

@@ -1,0 +1,53 @@
+"""Inference backends behind one small protocol (``base.Backend``), one file each.
+
+``load_backend`` picks one by name; "auto" takes the best available for the file. Backends are
+imported lazily so that a missing optional runtime (OpenVINO, TensorRT) costs nothing.
+"""
+
+from __future__ import annotations
+
+from ..errors import BackendUnavailableError
+from .base import Backend, InputSpec
+
+NAMES = ("auto", "onnxruntime", "openvino", "tensorrt")
+
+
+def available() -> list[str]:
+    """Backends whose runtime can be imported on this machine."""
+    import importlib.util
+
+    found = ["onnxruntime"] if importlib.util.find_spec("onnxruntime") else []
+    if importlib.util.find_spec("openvino"):
+        found.append("openvino")
+    if importlib.util.find_spec("tensorrt"):
+        found.append("tensorrt")
+    return found
+
+
+def load_backend(name: str, model: bytes, source: str = "model", **kw) -> Backend:
+    if name not in NAMES:
+        raise BackendUnavailableError(f"unknown backend {name!r}; choose from {', '.join(NAMES)}")
+    if name == "auto":
+        name = "onnxruntime"
+    if name == "onnxruntime":
+        from .onnxruntime import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(model, source, **kw)
+    if name == "openvino":
+        try:
+            from .openvino import OpenVinoBackend
+        except ImportError:
+            raise BackendUnavailableError(
+                "OpenVINO backend needs the [openvino] extra: pip install 'hemoseg-edge[openvino]'"
+            ) from None
+        return OpenVinoBackend(model, source, **kw)
+    try:
+        from .tensorrt import TensorRtBackend
+    except ImportError:
+        raise BackendUnavailableError(
+            "TensorRT backend needs JetPack's TensorRT python package (not pip-installable here)"
+        ) from None
+    return TensorRtBackend(model, source, **kw)
+
+
+__all__ = ["Backend", "InputSpec", "NAMES", "available", "load_backend"]

@@ -1,0 +1,65 @@
+"""Shipped model files: where they are, and the sha256 manifest that guards them.
+
+Search order for the engines folder: ``HEMOSEG_ENGINES``; the repository's ``engines/`` (source
+checkout or editable install); ``<sys.prefix>/share/hemoseg-edge/engines`` (``pip install .``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from .errors import ModelError
+
+DEFAULT_MODEL = "hemoseg_unet_v1.onnx"
+MANIFEST = "manifest.json"
+
+
+def engines_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("HEMOSEG_ENGINES"):
+        dirs.append(Path(os.environ["HEMOSEG_ENGINES"]))
+    dirs.append(Path(__file__).resolve().parent.parent / "engines")
+    dirs.append(Path(sys.prefix) / "share" / "hemoseg-edge" / "engines")
+    return dirs
+
+
+def default_model_path() -> Path:
+    for d in engines_dirs():
+        if (d / DEFAULT_MODEL).is_file():
+            return d / DEFAULT_MODEL
+    raise ModelError(
+        f"no default model: {DEFAULT_MODEL} not found in "
+        + ", ".join(str(d) for d in engines_dirs())
+        + " (train and export one, or pass a model path)"
+    )
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_manifest(folder: Path) -> dict:
+    f = folder / MANIFEST
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{f}: unreadable manifest ({e})") from None
+
+
+def verify_against_manifest(path: Path, data: bytes) -> bool:
+    """True when the file is listed and matches; raises on a mismatch; False when unlisted."""
+    entry = read_manifest(path.parent).get("files", {}).get(path.name)
+    if not entry:
+        return False
+    if sha256_bytes(data) != entry["sha256"]:
+        raise ModelError(
+            f"{path}: sha256 does not match {MANIFEST} (file corrupt or replaced); "
+            "restore it from the release"
+        )
+    return True

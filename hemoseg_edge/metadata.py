@@ -1,0 +1,90 @@
+"""Model metadata that travels inside the model file (ONNX ``metadata_props``).
+
+Every key is a string in ONNX; ``ModelMetadata.from_props`` parses and checks them. A model
+without the required keys is refused (``MissingMetadataError``) unless the caller explicitly
+asks for defaults (``allow_defaults=True``, the CLI's ``--assume-defaults``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from .errors import ModelError
+from .preprocess import DEFAULT_INPUT_HW, spec_sha256
+
+PREFIX = "hemoseg."
+REQUIRED = ("input_height", "input_width", "layout", "normalisation", "threshold", "version")
+
+
+class MissingMetadataError(ModelError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    input_height: int = DEFAULT_INPUT_HW[0]
+    input_width: int = DEFAULT_INPUT_HW[1]
+    layout: str = "NCHW"  # tensor (1, 1, H, W): green channel only
+    normalisation: str = "x/255"
+    threshold: float = 0.5
+    version: str = "unversioned"
+    precision: str = "fp32"
+    training_data: str = "unknown"
+    preprocess_sha256: str = field(default_factory=spec_sha256)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return (self.input_height, self.input_width)
+
+    def to_props(self) -> dict[str, str]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        props = {PREFIX + k: str(v) for k, v in d.items()}
+        props[PREFIX + "extra"] = json.dumps(extra, sort_keys=True)
+        return props
+
+    @classmethod
+    def from_props(
+        cls, props: dict[str, str], source: str = "model", allow_defaults: bool = False
+    ) -> ModelMetadata:
+        ours = {k[len(PREFIX) :]: v for k, v in props.items() if k.startswith(PREFIX)}
+        missing = [k for k in REQUIRED if k not in ours]
+        if missing and not allow_defaults:
+            raise MissingMetadataError(
+                f"{source}: no hemoseg metadata ({', '.join(missing)} missing); "
+                "export it with training/export.py or pass --assume-defaults"
+            )
+        d = asdict(cls())
+        try:
+            for k, v in ours.items():
+                if k not in d:
+                    continue
+                if k == "extra":
+                    d[k] = json.loads(v)
+                elif isinstance(d[k], int):
+                    d[k] = int(v)
+                elif isinstance(d[k], float):
+                    d[k] = float(v)
+                else:
+                    d[k] = v
+        except (ValueError, json.JSONDecodeError) as e:
+            raise ModelError(f"{source}: malformed metadata ({e})") from None
+        md = cls(**d)
+        md.validate(source)
+        return md
+
+    def validate(self, source: str = "model") -> None:
+        if self.layout != "NCHW":
+            raise ModelError(f"{source}: unsupported layout {self.layout!r} (expected NCHW)")
+        if self.normalisation != "x/255":
+            raise ModelError(f"{source}: unsupported normalisation {self.normalisation!r}")
+        if not (0.0 < self.threshold < 1.0):
+            raise ModelError(f"{source}: threshold {self.threshold} outside (0, 1)")
+        if self.input_height % 16 or self.input_width % 16 or self.input_height < 16:
+            raise ModelError(f"{source}: input size {self.input_hw} is not a multiple of 16")
+
+    @property
+    def preprocess_matches(self) -> bool:
+        return self.preprocess_sha256 == spec_sha256()
