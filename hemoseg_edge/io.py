@@ -129,11 +129,29 @@ def decode_image(
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
             mode = im.mode
+            depth = _bit_depth(data, fmt, im)
     except Image.DecompressionBombError:
-        raise InputImageError(f"{name}: image dimensions too large (decompression bomb)") from None
+        raise InputImageError(f"{name}: image dimensions too large: decompression bomb (refused before decoding)") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for broken headers
         raise InputImageError(f"{name}: unreadable {fmt} header ({type(e).__name__})") from None
-    return decode_pixels(data, name, fmt, (h, w), mode, model_hw, max_pixels)
+    loaded = decode_pixels(data, name, fmt, (h, w), mode, model_hw, max_pixels)
+    if depth > 8 and "converted_to_8bit" not in loaded.notes:
+        loaded.notes.insert(0, "converted_to_8bit")
+    return loaded
+
+
+def _bit_depth(data: bytes, fmt: str, im: Image.Image) -> int:
+    """Bits per sample from the header (PIL reports 16-bit RGB PNGs as plain "RGB")."""
+    if fmt == "png" and len(data) > 24:
+        return data[24]
+    if fmt == "tiff":
+        bits = getattr(im, "tag_v2", {}).get(258, 8)
+        return max(bits) if isinstance(bits, tuple) else int(bits)
+    return 16 if mode_is_16(im.mode) else 8
+
+
+def mode_is_16(mode: str) -> bool:
+    return mode.startswith("I;16") or mode in ("I", "F")
 
 
 def decode_pixels(
