@@ -17,8 +17,15 @@ from .errors import ModelError
 
 MAGIC = b"HSEGTRT1"
 _LEN = struct.Struct("<I")
-REQUIRED = ("metadata", "tensorrt_version", "gpu_name", "compute_capability", "precision",
-            "onnx_sha256", "plan_sha256")
+REQUIRED = (
+    "metadata",
+    "tensorrt_version",
+    "gpu_name",
+    "compute_capability",
+    "precision",
+    "onnx_sha256",
+    "plan_sha256",
+)
 
 
 def is_engine(data: bytes) -> bool:
@@ -57,8 +64,9 @@ def split(data: bytes, source: str = "engine") -> tuple[dict, bytes]:
     return header, plan
 
 
-def check_compatible(header: dict, trt_version: str, gpu_name: str, compute_capability: str,
-                     source: str = "engine") -> None:
+def check_compatible(
+    header: dict, trt_version: str, gpu_name: str, compute_capability: str, source: str = "engine"
+) -> None:
     """TensorRT plans only run on the TensorRT version and GPU model that built them."""
     rebuild = f"rebuild it on this device: hemoseg-edge build-engine MODEL.onnx --out {source}"
     if header["tensorrt_version"] != trt_version:

@@ -131,7 +131,9 @@ def decode_image(
             mode = im.mode
             depth = _bit_depth(data, fmt, im)
     except Image.DecompressionBombError:
-        raise InputImageError(f"{name}: image dimensions too large: decompression bomb (refused before decoding)") from None
+        raise InputImageError(
+            f"{name}: image dimensions too large: decompression bomb (refused before decoding)"
+        ) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for broken headers
         raise InputImageError(f"{name}: unreadable {fmt} header ({type(e).__name__})") from None
     loaded = decode_pixels(data, name, fmt, (h, w), mode, model_hw, max_pixels)
@@ -184,7 +186,9 @@ def decode_pixels(
     if frame.ndim == 2:
         frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
     if frame.dtype != np.uint8:  # pragma: no cover - IMREAD_COLOR already gives 8 bit
-        frame = (frame // 257).astype(np.uint8) if frame.dtype == np.uint16 else frame.astype(np.uint8)
+        frame = (
+            (frame // 257).astype(np.uint8) if frame.dtype == np.uint16 else frame.astype(np.uint8)
+        )
     if mode in ("I;16", "I;16B", "I;16L", "I", "F") or mode.endswith("16"):
         notes.append("converted_to_8bit")
     if mode in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I", "F"):

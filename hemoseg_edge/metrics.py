@@ -22,7 +22,9 @@ class Counts:
     tn: int
 
     def __add__(self, other: Counts) -> Counts:
-        return Counts(self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn)
+        return Counts(
+            self.tp + other.tp, self.fp + other.fp, self.fn + other.fn, self.tn + other.tn
+        )
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> Counts:
@@ -124,7 +126,9 @@ class PrHistogram:
         prev = np.concatenate([[0.0], recall[:-1]])
         return float(np.sum((recall - prev) * prec))
 
-    def best_threshold(self, metric=dice, lo: float = 0.05, hi: float = 0.95) -> tuple[float, float]:
+    def best_threshold(
+        self, metric=dice, lo: float = 0.05, hi: float = 0.95
+    ) -> tuple[float, float]:
         """(threshold, metric value) maximising ``metric`` over the bin edges in [lo, hi]."""
         best = (0.5, -1.0)
         for k in range(int(lo * self.bins), int(hi * self.bins) + 1):
@@ -140,7 +144,7 @@ def best_threshold_dice(
 ) -> tuple[float, float, float]:
     """(Dice at 0.5, best pooled Dice, its threshold) over a set of images."""
     h = PrHistogram(bins)
-    for p, t in zip(probs, truths):
+    for p, t in zip(probs, truths, strict=True):
         h.add(p, t)
     thr, best = h.best_threshold(dice)
     return dice(h.counts_at(0.5)), best, thr

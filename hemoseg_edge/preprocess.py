@@ -7,8 +7,8 @@ this module. Its arithmetic, exactly:
    scale; the frame then covers the same physical area as the original file).
 2. **Field of view (FOV).** On a copy shrunk to at most 512 px wide (``cv2.INTER_AREA``), the
    per-pixel maximum over B, G, R is thresholded at ``clip(0.08 * p95, 10, 20)``; after a 3x3
-   opening, the largest 8-connected component is the FOV (its convex hull, so that dim, vignetted edges do
-   not dent it). Its bounding box, padded by one
+   opening, the largest 8-connected component is the FOV (its convex hull, so that dim,
+   vignetted edges do not dent it). Its bounding box, padded by one
    small-image pixel and scaled back, is the crop box ``(x0, y0, x1, y1)`` in frame pixels
    (integers, ``x1``/``y1`` exclusive, clipped to the frame). A circle is fitted (algebraic least
    squares) to the hull's outline points that do not touch the frame's edge, so circles
@@ -78,8 +78,9 @@ class Geometry:
             self.original_hw[0] / self.frame_hw[0],
         )
 
-    def to_original(self, model_map: np.ndarray) -> np.ndarray:
-        """Bilinearly map a model-resolution float map onto the original pixel grid."""
+    def to_original(self, model_map: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Bilinearly map a model-resolution float map onto the original pixel grid (into
+        ``out``, a float32 array of the original size, when given: saves a 50 MB allocation)."""
         h, w = self.model_hw
         if model_map.shape != (h, w):
             raise ValueError(f"map shape {model_map.shape} != model size {(h, w)}")
@@ -94,6 +95,7 @@ class Geometry:
             model_map.astype(np.float32, copy=False),
             m,
             (ow, oh),
+            dst=out,
             flags=cv2.INTER_LINEAR,
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=0.0,
@@ -142,7 +144,7 @@ def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float] | 
 def _densify(poly: np.ndarray, step: float = 2.0) -> np.ndarray:
     """Points every ``step`` px along a closed polygon (hull vertices are sparse on lines)."""
     out = []
-    for a, b in zip(poly, np.roll(poly, -1, axis=0)):
+    for a, b in zip(poly, np.roll(poly, -1, axis=0), strict=True):
         n = max(1, int(np.hypot(*(b - a)) / step))
         t = np.arange(n)[:, None] / n
         out.append(a + t * (b - a))
@@ -155,7 +157,10 @@ def find_fov(frame: np.ndarray) -> Fov:
     scale = min(1.0, FOV_WORK_WIDTH / fw)
     sw, sh = max(1, round(fw * scale)), max(1, round(fh * scale))
     small = cv2.resize(frame, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1 else frame
-    v = small.max(axis=2) if small.ndim == 3 else small
+    if small.ndim == 3 and small.shape[2] == 3:  # = small.max(axis=2), 30x faster
+        v = np.maximum(np.maximum(small[..., 0], small[..., 1]), small[..., 2])
+    else:
+        v = small.max(axis=2) if small.ndim == 3 else small
     thr = float(np.clip(0.08 * np.percentile(v, 95), 10, 20))
     binary = (v > thr).astype(np.uint8)
     binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))

@@ -60,7 +60,10 @@ class SegmentationResult:
         """JSON-ready summary (no pixel arrays)."""
         return {
             "source": self.source,
-            "image_size": {"height": self.geometry.original_hw[0], "width": self.geometry.original_hw[1]},
+            "image_size": {
+                "height": self.geometry.original_hw[0],
+                "width": self.geometry.original_hw[1],
+            },
             "threshold": self.threshold,
             "hemorrhage_burden_percent_of_fov": round(self.burden_percent, 4),
             "lesion_count": len(self.lesions),

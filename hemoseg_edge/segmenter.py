@@ -18,7 +18,7 @@ from .engines import default_model_path, verify_against_manifest
 from .errors import HemosegError, ModelError
 from .io import LoadedImage, load_image, read_bytes
 from .metadata import ModelMetadata
-from .postprocess import find_lesions, to_original_mask
+from .postprocess import find_lesions, fov_disc, mask_and_window
 from .preprocess import Preprocessed, preprocess_frame
 from .result import SegmentationResult
 
@@ -49,6 +49,20 @@ def onnx_metadata(data: bytes, source: str, allow_defaults: bool = False) -> Mod
         raise ModelError(f"{source}: not a valid ONNX model (empty graph)")
     props = {p.key: p.value for p in proto.metadata_props}
     return ModelMetadata.from_props(props, source, allow_defaults)
+
+
+class _Scratch:
+    """One reusable float32 buffer for the full-resolution warp (a fresh 50 MB array per
+    image costs page faults and zeroing); not thread-safe: one per postprocessing thread."""
+
+    def __init__(self) -> None:
+        self._buf: np.ndarray | None = None
+
+    def get(self, hw: tuple[int, int]) -> np.ndarray:
+        if self._buf is None or self._buf.shape != tuple(hw):
+            self._buf = None  # release the old one first
+            self._buf = np.empty(hw, np.float32)
+        return self._buf
 
 
 class Segmenter:
@@ -105,13 +119,19 @@ class Segmenter:
         return preprocess_frame(image.frame, image.original_hw, self.metadata.input_hw)
 
     def postprocess(
-        self, prob: np.ndarray, pre: Preprocessed, image: LoadedImage, timings: dict[str, float]
+        self,
+        prob: np.ndarray,
+        pre: Preprocessed,
+        image: LoadedImage,
+        timings: dict[str, float],
+        scratch: np.ndarray | None = None,
     ) -> SegmentationResult:
+        """``scratch``: a reusable float32 array of the original image size (batch mode)."""
         t = time.perf_counter()
         thr = self.metadata.threshold
-        mask = to_original_mask(prob, pre.geometry, thr)
-        lesions = find_lesions(mask, pre.geometry)
-        fov_area = int(pre.geometry.fov_mask().sum())
+        mask, window = mask_and_window(prob, pre.geometry, thr, scratch)
+        lesions = find_lesions(mask, pre.geometry, window)
+        fov_area = fov_disc(pre.geometry)[2]
         colour = "greyscale_input" not in image.notes
         flags = quality.assess(image.frame, pre.fov, pre.green_stats, colour) + list(image.notes)
         timings["postprocess"] = 1000 * (time.perf_counter() - t)
@@ -142,32 +162,62 @@ class Segmenter:
     def segment_batch(
         self, images: Iterable[ImageLike], prefetch: int = 2
     ) -> Iterator[tuple[ImageLike, SegmentationResult | HemosegError]]:
-        """Yield ``(input, result or error)`` in input order; decoding and preprocessing of the
-        next ``prefetch`` images overlap inference of the current one (bounded memory). A bad
-        image yields its ``HemosegError`` and does not stop the others."""
+        """Yield ``(input, result or error)`` in input order.
+
+        A three-stage pipeline: decoding and preprocessing (``prefetch`` worker threads),
+        inference (one thread, back to back) and postprocessing (one thread, reusing its
+        full-size buffer) overlap; at most ``prefetch + 2`` images are in flight, so memory
+        stays bounded while the consumer is busy with earlier results. A bad image yields its
+        ``HemosegError`` and does not stop the others.
+        """
         items = iter(images)
-        with ThreadPoolExecutor(max_workers=max(1, prefetch)) as pool:
-            pending: deque[tuple[ImageLike, Future]] = deque()
+        workers = max(1, prefetch)
+        loader = ThreadPoolExecutor(workers, thread_name_prefix="hemoseg-load")
+        infer = ThreadPoolExecutor(1, thread_name_prefix="hemoseg-infer")
+        post = ThreadPoolExecutor(1, thread_name_prefix="hemoseg-post")
+        scratch = _Scratch()  # used by the single postprocessing thread only
+        pending: deque[tuple[ImageLike, Future]] = deque()
 
-            def submit() -> bool:
-                try:
-                    item = next(items)
-                except StopIteration:
-                    return False
-                pending.append((item, pool.submit(self._load_and_preprocess, item)))
-                return True
+        def submit() -> bool:
+            try:
+                item = next(items)
+            except StopIteration:
+                return False
+            loaded = loader.submit(self._load_and_preprocess, item)
+            inferred = infer.submit(self._infer_stage, loaded)
+            pending.append((item, post.submit(self._post_stage, inferred, scratch)))
+            return True
 
-            for _ in range(max(1, prefetch)):
-                if not submit():
-                    break
+        try:
+            while len(pending) < workers + 2 and submit():
+                pass
             while pending:
                 item, fut = pending.popleft()
-                submit()
                 try:
-                    image, pre, timings = fut.result()
-                    yield item, self._infer_and_finish(image, pre, timings)
+                    result: SegmentationResult | HemosegError = fut.result()
                 except HemosegError as e:
-                    yield item, e
+                    result = e
+                submit()
+                yield item, result
+        finally:
+            for pool in (loader, infer, post):
+                pool.shutdown(wait=False, cancel_futures=True)
+            for pool in (loader, infer, post):
+                pool.shutdown(wait=True)
+
+    def _infer_stage(self, loaded: Future):
+        image, pre, timings = loaded.result()
+        t = time.perf_counter()
+        prob = self.backend.run(pre.tensor)[0, 0]
+        timings["inference"] = 1000 * (time.perf_counter() - t)
+        return image, pre, timings, prob
+
+    def _post_stage(self, inferred: Future, scratch: _Scratch) -> SegmentationResult:
+        image, pre, timings, prob = inferred.result()
+        buf = scratch.get(pre.geometry.original_hw)
+        result = self.postprocess(prob, pre, image, timings, buf)
+        timings["total"] = sum(v for k, v in timings.items() if k != "total")
+        return result
 
     def _load_and_preprocess(self, image: ImageLike):
         t0 = time.perf_counter()

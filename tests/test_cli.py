@@ -145,7 +145,15 @@ def test_idrid_test_image_and_no_tensorflow(tiny_model, tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["missing.jpg", "empty.jpg", "truncated.jpg", "truncated.png", "text.jpg", "bomb.png", "tiny.png"],
+    [
+        "missing.jpg",
+        "empty.jpg",
+        "truncated.jpg",
+        "truncated.png",
+        "text.jpg",
+        "bomb.png",
+        "tiny.png",
+    ],
 )
 def test_bad_input_one_line_nonzero(tiny_model, bad_inputs, tmp_path, name):
     path, expect = bad_inputs[name]
@@ -179,7 +187,9 @@ def test_batch_one_bad_file_does_not_stop_the_others(tiny_model, bad_inputs, tmp
     cv2.imwrite(str(good), synthetic_fundus())
     bad = bad_inputs["truncated.jpg"][0]
     out = tmp_path / "out"
-    proc = run_cli("segment", str(bad), str(good.parent), "--model", str(tiny_model), "--out", str(out))
+    proc = run_cli(
+        "segment", str(bad), str(good.parent), "--model", str(tiny_model), "--out", str(out)
+    )
     assert_clean(proc)
     assert proc.returncode == EXIT_INPUT
     rows = {Path(r["input"]).name: r for r in csv.DictReader(open(out / "report.csv"))}
@@ -200,7 +210,9 @@ def test_bad_model_one_line(kind, tmp_path, sample_image):
     elif kind == "empty":
         model.write_bytes(b"")
     for cmd in (["segment", str(sample_image), "--out", str(tmp_path / "o")], ["info"]):
-        proc = run_cli(*([*cmd, "--model", str(model)] if cmd[0] == "segment" else [*cmd, str(model)]))
+        proc = run_cli(
+            *([*cmd, "--model", str(model)] if cmd[0] == "segment" else [*cmd, str(model)])
+        )
         assert_clean(proc)
         assert proc.returncode == EXIT_MODEL, proc.stderr
         lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
@@ -212,7 +224,13 @@ def test_no_metadata_model_runs_with_explicit_defaults(tmp_path, sample_image):
     model = tmp_path / "plain.onnx"
     model.write_bytes(make_tiny_onnx(metadata=None))
     proc = run_cli(
-        "segment", str(sample_image), "--model", str(model), "--assume-defaults", "--out", str(tmp_path)
+        "segment",
+        str(sample_image),
+        "--model",
+        str(model),
+        "--assume-defaults",
+        "--out",
+        str(tmp_path),
     )
     assert_clean(proc)
     assert proc.returncode in (EXIT_OK, EXIT_FLAGGED), proc.stderr

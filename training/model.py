@@ -49,7 +49,7 @@ def build_unet(input_hw: tuple[int | None, int | None] = (560, 576)) -> keras.Mo
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{b}_pool")(x)
     x = _conv_block(x, BOTTLENECK, "bottleneck")
-    for b, (widths, skip) in enumerate(zip(DECODER, reversed(skips)), start=1):
+    for b, (widths, skip) in enumerate(zip(DECODER, reversed(skips), strict=True), start=1):
         x = layers.UpSampling2D(2, interpolation="nearest", name=f"dec{b}_up")(x)
         x = layers.Concatenate(name=f"dec{b}_concat")([x, skip])
         x = _conv_block(x, widths, f"dec{b}")

@@ -14,8 +14,13 @@ _GPU_EPS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, model: bytes, source: str = "model", providers: str | list[str] = "cpu",
-                 threads: int = 0):
+    def __init__(
+        self,
+        model: bytes,
+        source: str = "model",
+        providers: str | list[str] = "cpu",
+        threads: int = 0,
+    ):
         try:
             import onnxruntime as ort
         except ImportError:  # pragma: no cover - base dependency
@@ -36,7 +41,9 @@ class OnnxRuntimeBackend(Backend):
             self._session = ort.InferenceSession(model, sess_options=opts, providers=chosen)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"{source}: ONNX Runtime cannot load the model ({msg[:200]})") from None
+            raise ModelError(
+                f"{source}: ONNX Runtime cannot load the model ({msg[:200]})"
+            ) from None
         inp = self._session.get_inputs()
         if len(inp) != 1 or len(self._session.get_outputs()) != 1:
             raise ModelError(f"{source}: expected one input and one output")

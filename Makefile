@@ -1,0 +1,49 @@
+# Two commands: `make demo` (set up + segment the sample image) and `make test` (set up + tests).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL ?=
+
+.PHONY: demo test bench build lint typecheck pytest clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.runtime: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e ".[dev,train,openvino,service,engines]"
+	touch $@ $(VENV)/.runtime
+
+## demo: runtime-only venv, then segment the sample image into out/demo (exit 4 = flagged, ok)
+demo: $(VENV)/.runtime
+	$(BIN)/hemoseg-edge segment examples/IDRiD_55.jpg --out out/demo $(if $(MODEL),--model $(MODEL)) || [ $$? -eq 4 ]
+	@echo "see out/demo/IDRiD_55_overlay.png, IDRiD_55_mask.png, IDRiD_55.json, report.csv"
+
+## build: CUDA preprocessing kernel (host library always; fatbin when nvcc is present)
+build:
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+	cmake --build build -j2
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.dev
+	$(BIN)/python -m mypy --config-file mypy.ini
+
+pytest: $(VENV)/.dev build
+	$(BIN)/python -m pytest -q
+
+## test: dev venv, kernel build, lint, type check of the TensorRT/pycuda code, all tests
+test: lint typecheck pytest
+
+## bench: full benchmark suite, then regenerate BENCHMARKS.md
+bench: $(VENV)/.dev build
+	$(BIN)/python -m pytest benchmarks -q --benchmark-json=benchmarks/results.json
+	$(BIN)/python benchmarks/report.py benchmarks/results.json
+
+clean:
+	rm -rf build out .pytest_cache

@@ -1,0 +1,75 @@
+"""Metrics against hand-computed confusion counts, including empty-mask edge cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hemoseg_edge import metrics as m
+
+
+def test_counts_and_metrics_by_hand():
+    pred = np.array([[1, 1, 0, 0], [1, 0, 0, 0]], bool)
+    truth = np.array([[1, 0, 0, 0], [1, 1, 1, 0]], bool)
+    c = m.confusion(pred, truth)
+    assert c == m.Counts(tp=2, fp=1, fn=2, tn=3)
+    assert m.dice(c) == pytest.approx(4 / 7)
+    assert m.iou(c) == pytest.approx(2 / 5)
+    assert m.precision(c) == pytest.approx(2 / 3)
+    assert m.sensitivity(c) == pytest.approx(2 / 4)
+    assert m.specificity(c) == pytest.approx(3 / 4)
+    assert m.accuracy(c) == pytest.approx(5 / 8)
+
+
+def test_valid_region_restricts_counting():
+    pred = np.ones((2, 2), bool)
+    truth = np.zeros((2, 2), bool)
+    valid = np.array([[1, 0], [0, 0]], bool)
+    assert m.confusion(pred, truth, valid) == m.Counts(0, 1, 0, 0)
+
+
+def test_empty_cases():
+    empty = np.zeros((3, 3), bool)
+    c = m.confusion(empty, empty)
+    assert (m.dice(c), m.iou(c), m.precision(c), m.sensitivity(c)) == (1.0, 1.0, 1.0, 1.0)
+    miss = m.confusion(empty, np.eye(3, dtype=bool))  # nothing predicted, lesions present
+    assert m.dice(miss) == 0.0 and m.precision(miss) == 0.0 and m.sensitivity(miss) == 0.0
+    false_alarm = m.confusion(np.eye(3, dtype=bool), empty)
+    assert m.dice(false_alarm) == 0.0 and m.sensitivity(false_alarm) == 1.0
+    assert m.specificity(false_alarm) == pytest.approx(6 / 9)
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError):
+        m.confusion(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def test_counts_add():
+    assert m.Counts(1, 2, 3, 4) + m.Counts(1, 1, 1, 1) == m.Counts(2, 3, 4, 5)
+
+
+def exact_average_precision(prob: np.ndarray, truth: np.ndarray) -> float:
+    order = np.argsort(-prob, kind="stable")
+    t = truth[order]
+    tp = np.cumsum(t)
+    precision = tp / np.arange(1, t.size + 1)
+    return float((precision * t).sum() / t.sum())
+
+
+def test_histogram_aupr_matches_exact_average_precision():
+    rng = np.random.default_rng(0)
+    truth = rng.random(20000) < 0.05
+    prob = np.clip(rng.normal(0.3 + 0.4 * truth, 0.15), 0, 1).astype(np.float32)
+    h = m.PrHistogram(bins=1000)
+    h.add(prob[:10000], truth[:10000])  # accumulates across calls
+    h.add(prob[10000:], truth[10000:])
+    assert h.aupr() == pytest.approx(exact_average_precision(prob, truth), abs=0.01)
+    for t in (0.3, 0.5, 0.72):
+        assert h.counts_at(t) == m.confusion(prob >= t, truth)
+
+
+def test_best_threshold_finds_separating_value():
+    truth = np.array([0, 0, 0, 1, 1], bool)
+    prob = np.array([0.1, 0.2, 0.3, 0.8, 0.9], np.float32)
+    d05, best, thr = m.best_threshold_dice([prob], [truth])
+    assert d05 == 1.0 and best == 1.0 and 0.3 < thr <= 0.8
