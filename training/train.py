@@ -5,8 +5,9 @@ Recipes:
   full 560x576 images with the paper's augmentation; mixed float16 on a GPU.
 - ``cpu``: what a 2-core CPU can afford. Random 256x256 patches, 60 % of them centred on a
   hemorrhage pixel; lesion-weighted BCE + soft Dice (hemorrhage is ~1 % of pixels); Adam 1e-3
-  halved when validation Dice stalls; early stopping on validation Dice. bf16 mixed precision where the CPU
-  has AMX/AVX512-BF16 (fast there), float32 otherwise (bf16 is emulated and slow on AVX2).
+  halved when validation Dice stalls; early stopping on validation Dice. bf16 mixed precision
+  where the CPU has AMX/AVX512-BF16 (fast there), float32 otherwise (bf16 is emulated and slow
+  on AVX2).
 
 An "epoch" of the cpu recipe is ``--steps`` batches. After each epoch: validation on the 8
 VAL_IDS images at full model resolution, a checkpoint (weights + optimizer state + RNG) in the
