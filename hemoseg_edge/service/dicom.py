@@ -1,0 +1,153 @@
+"""``hemoseg-edge dicom-listen``: a DICOM C-STORE SCP feeding the watched folder.
+
+Only Ophthalmic Photography 8 Bit Image Storage and Secondary Capture Image Storage (plus
+Verification, C-ECHO) are accepted; other SOP classes are refused at association negotiation,
+calling AE titles outside ``--allow-ae`` (when given) are rejected. Each dataset is written to
+``IN_DIR/.partial/``, fsynced and renamed to ``IN_DIR/<SOPInstanceUID>.dcm`` before success is
+returned, so a camera may delete its copy once it has our answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from .folders import Layout, fsync_dir
+from .log import log
+from .status import Status
+from .watch import serve
+
+OP_8BIT = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+ACCEPTED_SOP_CLASSES = (OP_8BIT, SECONDARY_CAPTURE)
+UNCOMPRESSED = (
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+)
+COMPRESSED = (
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+    "1.2.840.10008.1.2.4.51",  # JPEG Extended
+    "1.2.840.10008.1.2.4.57",  # JPEG Lossless
+    "1.2.840.10008.1.2.4.70",  # JPEG Lossless SV1
+    "1.2.840.10008.1.2.4.80",  # JPEG-LS Lossless
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS Near Lossless
+    "1.2.840.10008.1.2.4.90",  # JPEG 2000 Lossless
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000
+    "1.2.840.10008.1.2.5",  # RLE Lossless
+)
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
+
+
+def transfer_syntaxes() -> list[str]:
+    """Uncompressed ones plus every compressed one that pydicom can decode here."""
+    try:
+        from pydicom.pixels import get_decoder
+    except ImportError:  # pydicom 2.x: offer uncompressed only
+        return list(UNCOMPRESSED)
+    usable = []
+    for uid in COMPRESSED:
+        try:
+            if get_decoder(uid).is_available:
+                usable.append(uid)
+        except (NotImplementedError, ValueError):
+            pass
+    return [*UNCOMPRESSED, *usable]
+
+
+def file_name(sop_instance_uid: object) -> str:
+    uid = str(sop_instance_uid or "").strip()
+    return (uid if _UID.fullmatch(uid) and len(uid) <= 64 else uuid.uuid4().hex) + ".dcm"
+
+
+def start_listener(args: argparse.Namespace, layout: Layout, status: Status) -> Callable[[], None]:
+    """Start the SCP in background threads; returns the function that stops it."""
+    try:
+        from pynetdicom import AE, evt
+    except ImportError:
+        msg = "dicom-listen needs pynetdicom: pip install 'hemoseg-edge[service]'"
+        raise OSError(msg) from None
+    partial = layout.in_dir / ".partial"
+    partial.mkdir(exist_ok=True)
+    for old in os.listdir(partial):  # a crash mid-receive: the sender got no success, resends
+        os.unlink(partial / old)
+
+    ae = AE(ae_title=args.ae_title)
+    ae.require_called_aet = True
+    if args.allow_ae:
+        ae.require_calling_aet = list(args.allow_ae)
+    syntaxes = transfer_syntaxes()
+    for uid in ACCEPTED_SOP_CLASSES:
+        ae.add_supported_context(uid, syntaxes)
+    ae.add_supported_context("1.2.840.10008.1.1")  # Verification
+
+    def on_store(event) -> int:
+        try:
+            name = file_name(event.request.AffectedSOPInstanceUID)
+            data = event.encoded_dataset()  # preamble + file meta + dataset, as received
+            tmp = partial / f"{name}.{threading.get_ident()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, layout.in_dir / name)
+            fsync_dir(layout.in_dir)
+        except Exception as e:  # noqa: BLE001 - answer the sender, keep listening
+            log("store_error", "error", error_type=type(e).__name__, msg=e)
+            return OUT_OF_RESOURCES
+        status.bump("received")
+        log("received", file=name, calling_ae=event.assoc.requestor.ae_title, bytes=len(data))
+        return SUCCESS
+
+    def on_accepted(event) -> None:
+        assoc = event.assoc
+        refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
+        log(
+            "association",
+            calling_ae=assoc.requestor.ae_title,
+            address=assoc.requestor.address,
+            refused_sop_classes=",".join(refused) or None,
+        )
+
+    def on_rejected(event) -> None:
+        assoc = event.assoc
+        log(
+            "association_rejected",
+            "warning",
+            calling_ae=assoc.requestor.ae_title,
+            address=assoc.requestor.address,
+        )
+
+    handlers: list = [
+        (evt.EVT_C_STORE, on_store),
+        (evt.EVT_ACCEPTED, on_accepted),
+        (evt.EVT_REJECTED, on_rejected),
+    ]
+    try:
+        server = ae.start_server((args.host, args.port), block=False, evt_handlers=handlers)
+    except OSError as e:
+        raise OSError(f"cannot listen on {args.host}:{args.port} ({e.strerror or e})") from None
+    assert server is not None  # block=False returns the server
+    if args.host not in ("127.0.0.1", "::1", "localhost") and not args.allow_ae:
+        log("open_listener", "warning", msg="listening beyond loopback without --allow-ae")
+    log(
+        "listening",
+        host=args.host,
+        port=server.server_address[1],
+        ae_title=args.ae_title,
+        allow_ae=",".join(args.allow_ae or []) or "any",
+        transfer_syntaxes=len(syntaxes),
+    )
+    return server.shutdown
+
+
+def run_dicom_listen(args: argparse.Namespace) -> int:
+    in_dir = Path(args.in_dir) if args.in_dir else Path(args.out) / "incoming"
+    return serve(args, in_dir, lambda layout, status: start_listener(args, layout, status))
