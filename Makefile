@@ -16,6 +16,7 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,train,openvino,service,engines]"
+	$(BIN)/python tools/install_trt_stubs.py
 	touch $@ $(VENV)/.runtime
 
 ## demo: runtime-only venv, then segment the sample image into out/demo (exit 4 = flagged, ok)

@@ -5,8 +5,9 @@
 Every model runs through ``Segmenter`` (the deployed path: full-resolution image in, mask at the
 original resolution out) on the same decoded images; pooled Dice and IoU come from the summed
 pixel confusion counts (``hemoseg_edge.metrics``) against the IDRiD HE masks. Also reported per
-model: the change in Dice against the first model, and the fraction of pixels whose mask
-differs from the first model's. Prints (and with ``--out`` writes) one JSON object.
+model: the change in Dice against the first model, the fraction of pixels whose mask differs
+from the first model's, and the max / mean absolute difference of the model-resolution
+probability maps against the first model's. Prints (and with ``--out`` writes) one JSON object.
 """
 
 from __future__ import annotations
@@ -43,19 +44,28 @@ def evaluate(
     ref = next(iter(segs))
     counts = {k: Counts(0, 0, 0, 0) for k in segs}
     differ = dict.fromkeys(segs, 0)
+    prob_max = dict.fromkeys(segs, 0.0)
+    prob_sum = dict.fromkeys(segs, 0.0)
+    prob_px = 0
     seconds = dict.fromkeys(segs, 0.0)
     pixels = 0
     for n, item in enumerate(items, 1):
         truth = read_mask(item)
         image = load_image(item.image, input_hw)
         masks: dict[str, np.ndarray] = {}
+        probs: dict[str, np.ndarray] = {}
         for k, seg in segs.items():
             t = time.perf_counter()
-            masks[k] = seg.segment(image).mask
+            result = seg.segment(image)
             seconds[k] += time.perf_counter() - t
+            masks[k], probs[k] = result.mask, result.probability
             counts[k] = counts[k] + confusion(masks[k], truth)
             differ[k] += int(np.count_nonzero(masks[k] != masks[ref]))
+            d = np.abs(probs[k].astype(np.float64) - probs[ref])
+            prob_max[k] = max(prob_max[k], float(d.max()))
+            prob_sum[k] += float(d.sum())
         pixels += truth.size
+        prob_px += probs[ref].size
         if progress:
             print(f"[{n}/{len(items)}] {item.id}", file=sys.stderr, flush=True)
     ref_dice = dice(counts[ref])
@@ -69,6 +79,8 @@ def evaluate(
             "iou": round(iou(c), 5),
             "dice_delta_vs_" + ref: round(dice(c) - ref_dice, 5),
             "mask_pixels_differing_vs_" + ref: round(differ[k] / pixels, 7),
+            "prob_max_abs_diff_vs_" + ref: round(prob_max[k], 5),
+            "prob_mean_abs_diff_vs_" + ref: round(prob_sum[k] / prob_px, 6),
             "tp": c.tp,
             "fp": c.fp,
             "fn": c.fn,

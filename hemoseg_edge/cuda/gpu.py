@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -87,7 +88,7 @@ class GpuPreprocessor:
         self._module = module
         self._fn = module.get_function(KERNEL_NAME)
         self._fn.prepare(_ARG_FORMAT)
-        self._frame_buf = None
+        self._frame_buf: Any = None  # pycuda DeviceAllocation
         self._frame_buf_bytes = 0
 
     def _upload(self, frame: np.ndarray, stream) -> tuple[int, int, int, int, int]:
