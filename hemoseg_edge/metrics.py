@@ -146,5 +146,5 @@ def best_threshold_dice(
     h = PrHistogram(bins)
     for p, t in zip(probs, truths, strict=True):
         h.add(p, t)
-    thr, best = h.best_threshold(dice)
+    thr, best = h.best_threshold(dice, lo=0.01)
     return dice(h.counts_at(0.5)), best, thr

@@ -108,6 +108,8 @@ def test_cpu_recipe_checkpoints_and_resumes(tmp_path):
         "1",
         "--patch",
         "64",
+        "--patch-schedule",
+        "",
         "--run-dir",
         str(run),
     ]

@@ -3,7 +3,8 @@
 Recipes:
 - ``paper``: the paper's recipe. Adam (defaults), binary cross-entropy, batch 4, 100 epochs,
   full 560x576 images with the paper's augmentation; mixed float16 on a GPU.
-- ``cpu``: what a 2-core CPU can afford. Random 256x256 patches, 60 % of them centred on a
+- ``cpu``: what a 2-core CPU can afford. Random patches growing 128 -> 192 -> 256 px
+  (progressive resizing; each epoch sees about the same number of pixels), 60 % of them centred on a
   hemorrhage pixel; lesion-weighted BCE + soft Dice (hemorrhage is ~1 % of pixels); Adam 1e-3
   halved when validation Dice stalls; early stopping on validation Dice. bf16 mixed precision
   where the CPU has AMX/AVX512-BF16 (fast there), float32 otherwise (bf16 is emulated and slow
@@ -53,7 +54,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="paper: 100; cpu: 200 (early stop)")
     p.add_argument("--steps", type=int, default=100, help="cpu recipe: batches per epoch")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--patch", type=int, default=256)
+    p.add_argument("--patch", type=int, default=256, help="cpu recipe: final patch size")
+    p.add_argument(
+        "--patch-schedule",
+        default="128:15,192:30",
+        help="cpu recipe: progressive resizing, 'SIZE:UNTIL_EPOCH,...' then --patch; '' = off",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--patience", type=int, default=25, help="epochs without val gain to stop")
     p.add_argument("--limit", type=int, default=None, help="use only the first N train images")
@@ -120,8 +126,15 @@ def main(argv: list[str] | None = None) -> int:
     (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
     log_path = run_dir / "log.csv"
 
-    steps = (len(train) + args.batch - 1) // args.batch if full else args.steps
+    schedule = _parse_schedule(args.patch_schedule)
     for epoch in range(state["epoch"], epochs):
+        patch = _patch_for(epoch, schedule, args.patch)
+        # smaller patches: more steps, so that every epoch sees about the same number of pixels
+        steps = (
+            (len(train) + args.batch - 1) // args.batch
+            if full
+            else max(1, round(args.steps * (args.patch / patch) ** 2))
+        )
         t0 = time.time()
         optimizer.learning_rate.assign(state["lr"]) if not full else None
         losses = []
@@ -132,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 idx = order[step * args.batch : (step + 1) * args.batch]
                 pairs = [augment(train[i].x, train[i].y, rng, allow_transpose=False) for i in idx]
             else:
-                pairs = [_sample_patch(train, args.patch, rng) for _ in range(args.batch)]
+                pairs = [_sample_patch(train, patch, rng) for _ in range(args.batch)]
                 pairs = [augment(x, y, rng) for x, y in pairs]
             xb = np.stack([p[0] for p in pairs])[..., None]
             yb = np.stack([p[1] for p in pairs])[..., None]
@@ -168,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             "val_thr": best_thr,
             "lr": state["lr"],
             "seconds": round(train_time, 1),
+            "patch": None if full else patch,
             "samples_per_s": round(steps * args.batch / train_time, 3),
         }
         _append_csv(log_path, row)
@@ -205,6 +219,22 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return "unknown"
+
+
+def _parse_schedule(text: str) -> list[tuple[int, int]]:
+    """'128:15,192:30' -> [(128, 15), (192, 30)]: patch size until that epoch (exclusive)."""
+    out = []
+    for part in filter(None, (t.strip() for t in text.split(","))):
+        size, until = part.split(":")
+        out.append((int(size), int(until)))
+    return out
+
+
+def _patch_for(epoch: int, schedule: list[tuple[int, int]], final: int) -> int:
+    for size, until in schedule:
+        if epoch < until:
+            return size
+    return final
 
 
 def _sample_patch(train, size, rng):
@@ -274,12 +304,14 @@ def _load_checkpoint(run_dir: Path, model, optimizer) -> dict:
 
 
 def _append_csv(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(row))
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    rows = list(csv.DictReader(open(path))) if path.exists() else []
+    fields = list(dict.fromkeys([*(rows[0].keys() if rows else []), *row]))
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:  # rewrite: columns may have been added
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        w.writerows([*rows, row])
+    os.replace(tmp, path)
 
 
 def _plot(log_path: Path, png: Path) -> None:
