@@ -4,9 +4,17 @@ Public API: ``Segmenter.from_engine(path)`` -> ``Segmenter.segment(image)`` ->
 ``SegmentationResult``. The runtime never imports TensorFlow.
 """
 
-from .errors import HemosegError, InputImageError, ModelError
-from .result import Lesion, SegmentationResult
-from .segmenter import Segmenter
+import os as _os
+
+# OpenBLAS (numpy's matmul, used by the area resampling) lets its worker threads spin for ~2^28
+# cycles after each call; on a small CPU they then steal the cores from the inference that
+# follows (measured: OpenVINO 140 -> 220-320 ms per frame on 2 cores). 2^4 cycles: they sleep at
+# once. Same thread count, so bit-identical results. Read when numpy loads: set before it.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from .errors import HemosegError, InputImageError, ModelError  # noqa: E402
+from .result import Lesion, SegmentationResult  # noqa: E402
+from .segmenter import Segmenter  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [

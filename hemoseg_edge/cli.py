@@ -29,9 +29,21 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"}
 EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_FLAGGED = 0, 1, 2, 3, 4
 EXIT_INTERNAL = 70
 REPORT_FIELDS = (
-    "input", "status", "error", "burden_percent", "lesion_count", "lesion_area_px",
-    "upper_left", "upper_right", "lower_left", "lower_right", "flags", "total_ms",
-    "mask", "overlay", "json",
+    "input",
+    "status",
+    "error",
+    "burden_percent",
+    "lesion_count",
+    "lesion_area_px",
+    "upper_left",
+    "upper_right",
+    "lower_left",
+    "lower_right",
+    "flags",
+    "total_ms",
+    "mask",
+    "overlay",
+    "json",
 )
 
 
@@ -59,30 +71,45 @@ def _stem_for(path: Path, used: set[str]) -> str:
     return name
 
 
-def write_outputs(result, path: Path, out_dir: Path, stem: str, overlay_max_side: int) -> dict:
-    """Mask PNG (original size), overlay PNG, JSON — each written atomically."""
+def render_outputs(
+    result, path: Path, stem: str, overlay_max_side: int, extra: dict | None = None
+) -> dict[str, bytes]:
+    """Mask PNG (original size), overlay PNG and JSON as ``{file name: bytes}``, in that order;
+    ``extra`` (e.g. ``{"dicom": {...}}``) is merged into the JSON's top level."""
     import cv2
 
-    from .io import atomic_write_bytes, encode_png, load_overlay_frame
+    from .io import encode_png, load_overlay_frame
     from .postprocess import render_overlay
 
-    mask_path = out_dir / f"{stem}_mask.png"
-    overlay_path = out_dir / f"{stem}_overlay.png"
-    json_path = out_dir / f"{stem}.json"
-    atomic_write_bytes(mask_path, encode_png(result.mask.astype("uint8") * 255))
+    names = (f"{stem}_mask.png", f"{stem}_overlay.png", f"{stem}.json")
+    mask_png = encode_png(result.mask.astype("uint8") * 255)
     colour = load_overlay_frame(path, result, overlay_max_side)
-    summary = (
-        f"hemorrhage {result.burden_percent:.2f}% of FOV, {len(result.lesions)} lesions"
-        + (f"  [{', '.join(result.flags)}]" if result.flags else "")
+    summary = f"hemorrhage {result.burden_percent:.2f}% of FOV, {len(result.lesions)} lesions" + (
+        f"  [{', '.join(result.flags)}]" if result.flags else ""
     )
     overlay = render_overlay(colour, result.mask, summary)
-    ok, buf = cv2.imencode(".png", overlay, [cv2.IMWRITE_PNG_COMPRESSION, 3])
-    atomic_write_bytes(overlay_path, buf.tobytes())
+    # "up" filter + RLE: the same pixels, a slightly smaller file, ~3x faster than the defaults
+    png = [cv2.IMWRITE_PNG_COMPRESSION, 3, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+    png += [cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+    ok, buf = cv2.imencode(".png", overlay, png)
     d = result.to_dict()
     d["input"] = str(path)
-    d["outputs"] = {"mask": mask_path.name, "overlay": overlay_path.name}
-    atomic_write_bytes(json_path, (json.dumps(d, indent=2) + "\n").encode())
-    return {"mask": str(mask_path), "overlay": str(overlay_path), "json": str(json_path)}
+    d["outputs"] = {"mask": names[0], "overlay": names[1]}
+    d.update(extra or {})
+    data = (mask_png, buf.tobytes(), (json.dumps(d, indent=2) + "\n").encode())
+    return dict(zip(names, data, strict=True))
+
+
+def write_outputs(
+    result, path: Path, out_dir: Path, stem: str, overlay_max_side: int, extra: dict | None = None
+) -> dict:
+    """Mask PNG (original size), overlay PNG, JSON — each written atomically, JSON last."""
+    from .io import atomic_write_bytes
+
+    files = render_outputs(result, path, stem, overlay_max_side, extra)
+    for name, data in files.items():
+        atomic_write_bytes(out_dir / name, data)
+    return dict(zip(("mask", "overlay", "json"), (str(out_dir / n) for n in files), strict=True))
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -107,7 +134,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     rows, failed, flagged, used = [], 0, 0, set()
     bar = _progress(len(inputs), args.quiet)
-    for path, res in seg.segment_batch(inputs, prefetch=args.prefetch):
+    from .pipeline import write_behind
+
+    jobs = write_behind(  # PNG encoding and writing overlap inference of the next images
+        seg.segment_batch(inputs, prefetch=args.prefetch),
+        lambda path, res, stem: write_outputs(res, path, out_dir, stem, args.overlay_max_side),
+        prepare=lambda path: _stem_for(path, used),
+    )
+    for path, res, written in jobs:
         row = dict.fromkeys(REPORT_FIELDS, "")
         row["input"] = str(path)
         if isinstance(res, HemosegError):
@@ -116,7 +150,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             _err(f"error: {res}")
         else:
             try:
-                outs = write_outputs(res, path, out_dir, _stem_for(path, used), args.overlay_max_side)
+                outs = written.result()
             except (OSError, HemosegError) as e:
                 failed += 1
                 row.update(status="failed", error=f"{path}: cannot write outputs ({e})")
@@ -124,10 +158,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
             else:
                 q = res.quadrant_counts
                 row.update(
-                    status="ok", burden_percent=f"{res.burden_percent:.4f}",
-                    lesion_count=len(res.lesions), lesion_area_px=res.lesion_area_px,
-                    flags=";".join(res.flags), total_ms=f"{res.timings_ms.get('total', 0):.1f}",
-                    **q, **outs,
+                    status="ok",
+                    burden_percent=f"{res.burden_percent:.4f}",
+                    lesion_count=len(res.lesions),
+                    lesion_area_px=res.lesion_area_px,
+                    flags=";".join(res.flags),
+                    total_ms=f"{res.timings_ms.get('total', 0):.1f}",
+                    **q,
+                    **outs,
                 )
                 if res.flags:
                     flagged += 1
@@ -178,7 +216,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         h, w = seg.metadata.input_hw
         out = seg.backend.run(np.zeros((1, 1, h, w), np.float32))
         if out.shape != (1, 1, h, w) or not np.isfinite(out).all():
-            raise ModelError(f"{seg.source}: test inference gave shape {out.shape} or non-finite values")
+            raise ModelError(
+                f"{seg.source}: test inference gave shape {out.shape} or non-finite values"
+            )
     except HemosegError as e:
         _err(f"error: {e}")
         return EXIT_MODEL
@@ -186,9 +226,104 @@ def cmd_info(args: argparse.Namespace) -> int:
     info["checks"] = {
         "metadata": "ok",
         "test_inference": "ok",
-        "preprocess_spec": "matches" if seg.metadata.preprocess_matches else "DIFFERS (retrain/export)",
+        "preprocess_spec": "matches"
+        if seg.metadata.preprocess_matches
+        else "DIFFERS (retrain/export)",
     }
     print(json.dumps(info, indent=2, default=str))
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .service.watch import run_watch
+
+    return run_watch(args)
+
+
+def cmd_dicom_listen(args: argparse.Namespace) -> int:
+    from .service.dicom import run_dicom_listen
+
+    return run_dicom_listen(args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .service.status import read_status
+
+    try:
+        data = read_status(args.out_dir)
+    except (OSError, ValueError) as e:
+        _err(f"error: no readable status.json in {args.out_dir} ({type(e).__name__})")
+        return EXIT_INPUT
+    print(json.dumps(data, indent=2))
+    return EXIT_OK
+
+
+def _service_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--out", required=True, help="output folder (work/, done/, failed/, results/)")
+    s.add_argument("--model", default=None, help="ONNX model or engine (default: shipped model)")
+    s.add_argument(
+        "--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "tensorrt")
+    )
+    s.add_argument(
+        "--assume-defaults",
+        action="store_true",
+        help="accept a model without hemoseg metadata, using default settings",
+    )
+    s.add_argument(
+        "--settle",
+        type=float,
+        default=2.0,
+        help="seconds a file's size and mtime must stay unchanged before it is taken",
+    )
+    s.add_argument(
+        "--rescan",
+        type=float,
+        default=30.0,
+        help="seconds between full rescans of the input folder (missed events)",
+    )
+    s.add_argument("--timeout", type=float, default=120.0, help="per-file limit in seconds")
+    s.add_argument("--queue-size", type=int, default=32, help="bounded processing queue length")
+    s.add_argument(
+        "--overlay-max-side",
+        type=int,
+        default=2048,
+        help="longest side of the overlay PNG in px (0 = original size)",
+    )
+    s.add_argument("--no-inotify", action="store_true", help="rescans only (network mounts)")
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import quantize_file
+
+    if args.precision == "int8" and not args.calib:
+        _err("error: int8 needs calibration images: --calib DIR_OR_FILE ... (training images)")
+        return EXIT_USAGE
+    try:
+        r = quantize_file(
+            args.model,
+            args.out,
+            args.precision,
+            calib=args.calib or (),
+            calib_count=args.calib_count,
+            method=args.method,
+        )
+    except HemosegError as e:
+        _err(f"error: {e}")
+        return e.exit_code
+    calib = f", calibrated on {r.calibration['images']} image(s)" if r.calibration else ""
+    print(f"wrote {r.path} ({r.precision}, {r.size_bytes / 1e6:.1f} MB{calib})")
+    return EXIT_OK
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    from .trt_build import build_engine_file
+
+    try:
+        out = build_engine_file(args.model, args.out, args.workspace_mb)
+    except HemosegError as e:
+        _err(f"error: {e}")
+        return EXIT_MODEL
+    print(f"wrote {out}")
     return EXIT_OK
 
 
@@ -205,18 +340,79 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("images", nargs="+", help="image files or folders")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--model", default=None, help="ONNX model or engine (default: shipped model)")
-    s.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "tensorrt"))
-    s.add_argument("--assume-defaults", action="store_true",
-                   help="accept a model without hemoseg metadata, using default settings")
+    s.add_argument(
+        "--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "tensorrt")
+    )
+    s.add_argument(
+        "--assume-defaults",
+        action="store_true",
+        help="accept a model without hemoseg metadata, using default settings",
+    )
     s.add_argument("--prefetch", type=int, default=2, help="images decoded ahead of inference")
-    s.add_argument("--overlay-max-side", type=int, default=2048,
-                   help="longest side of the overlay PNG in px (0 = original size)")
+    s.add_argument(
+        "--overlay-max-side",
+        type=int,
+        default=2048,
+        help="longest side of the overlay PNG in px (0 = original size)",
+    )
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
     i = sub.add_parser("info", help="print a model's metadata and check that it runs")
     i.add_argument("model", nargs="?", default=None)
-    i.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "tensorrt"))
+    i.add_argument(
+        "--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "tensorrt")
+    )
     i.set_defaults(func=cmd_info)
+    w = sub.add_parser("watch", help="service: process images dropped into a folder")
+    w.add_argument("in_dir", help="input folder watched for JPEG/PNG/TIFF/DICOM files")
+    _service_args(w)
+    w.set_defaults(func=cmd_watch)
+    d = sub.add_parser("dicom-listen", help="service: DICOM C-STORE receiver plus the watch loop")
+    d.add_argument("--port", type=int, default=11112)
+    d.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    d.add_argument("--ae-title", default="HEMOSEG")
+    d.add_argument(
+        "--allow-ae",
+        nargs="+",
+        action="extend",
+        default=[],
+        help="calling AE titles accepted (default: any)",
+    )
+    d.add_argument(
+        "--in",
+        dest="in_dir",
+        default=None,
+        help="folder for received files (default: OUT/incoming)",
+    )
+    _service_args(d)
+    d.set_defaults(func=cmd_dicom_listen)
+    st = sub.add_parser("status", help="print a running service's status.json")
+    st.add_argument("out_dir")
+    st.set_defaults(func=cmd_status)
+    q = sub.add_parser("quantize", help="convert an fp32 ONNX model to fp16 or int8 (Q/DQ)")
+    q.add_argument("model", help="fp32 ONNX model with hemoseg metadata")
+    q.add_argument("--precision", required=True, choices=("fp16", "int8"))
+    q.add_argument("--out", required=True, help="ONNX file to write")
+    q.add_argument(
+        "--calib",
+        nargs="+",
+        default=None,
+        metavar="DIR_OR_FILE",
+        help="int8: TRAINING images (files or folders) for calibration",
+    )
+    q.add_argument("--calib-count", type=int, default=16, help="int8: images used (0: all)")
+    q.add_argument(
+        "--method",
+        default="ort",
+        choices=("ort", "modelopt"),
+        help="int8 quantizer: ONNX Runtime (default) or NVIDIA ModelOpt",
+    )
+    q.set_defaults(func=cmd_quantize)
+    be = sub.add_parser("build-engine", help="build a TensorRT engine file (on the target GPU)")
+    be.add_argument("model", help="ONNX model (fp32, fp16 or int8 Q/DQ)")
+    be.add_argument("--out", required=True, help="engine file to write")
+    be.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT workspace limit")
+    be.set_defaults(func=cmd_build_engine)
     return p
 
 

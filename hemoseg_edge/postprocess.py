@@ -24,7 +24,7 @@ def _span(n: int, start: int, stop: int) -> tuple[int, int]:
     return r.start, max(r.start, r.stop)
 
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=4)  # ~10 MB each at 12 Mpx
 def fov_disc(geometry: Geometry) -> tuple[Window, np.ndarray, int]:
     """``geometry.fov_mask()`` as (its box, the mask inside the box, its area), cached per
     geometry (images from one camera share it); equal to the full-size mask pixel for pixel."""
@@ -82,15 +82,15 @@ def mask_and_window(
     win = _intersect(cand, box) if cand is not None else None
     if win is None:
         return mask, None
-    # even start: connected-component labelling scans 2x2 blocks, keep their alignment
-    x0, y0, x1, y1 = win[0] - win[0] % 2, win[1] - win[1] % 2, win[2], win[3]
     # the warp always covers the whole image: OpenCV's fixed-point sampling positions depend on
     # the output origin and width, so a cropped warp could differ in the last bit
     full = geometry.to_original(prob, out=scratch)
+    x0, y0, x1, y1 = win
     sub = mask[y0:y1, x0:x1]
     np.greater_equal(full[y0:y1, x0:x1], threshold, out=sub)
     sub &= disc[y0 - box[1] : y1 - box[1], x0 - box[0] : x1 - box[0]]
-    return mask, (x0, y0, x1, y1)
+    # even start: connected-component labelling scans 2x2 blocks, keep their alignment
+    return mask, (x0 - x0 % 2, y0 - y0 % 2, x1, y1)
 
 
 def to_original_mask(

@@ -6,7 +6,7 @@ imported lazily so that a missing optional runtime (OpenVINO, TensorRT) costs no
 
 from __future__ import annotations
 
-from ..errors import BackendUnavailableError
+from ..errors import BackendUnavailableError, HemosegError
 from .base import Backend, InputSpec
 
 NAMES = ("auto", "onnxruntime", "openvino", "tensorrt")
@@ -24,11 +24,31 @@ def available() -> list[str]:
     return found
 
 
+X86_MACHINES = ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+def auto_choice(found: list[str], machine: str | None = None) -> str:
+    """What "auto" means for an ONNX model: OpenVINO on x86 where it is installed (several
+    times faster than ONNX Runtime's CPU provider there), else ONNX Runtime."""
+    import platform
+
+    machine = (machine if machine is not None else platform.machine()).lower()
+    return "openvino" if "openvino" in found and machine in X86_MACHINES else "onnxruntime"
+
+
 def load_backend(name: str, model: bytes, source: str = "model", **kw) -> Backend:
     if name not in NAMES:
         raise BackendUnavailableError(f"unknown backend {name!r}; choose from {', '.join(NAMES)}")
     if name == "auto":
-        name = "onnxruntime"
+        name = auto_choice(available())
+        if name == "openvino":  # the fast CPU path; ONNX Runtime stays the fallback
+            try:
+                from .openvino import OpenVinoBackend
+
+                return OpenVinoBackend(model, source, **kw)
+            except (ImportError, HemosegError):
+                name = "onnxruntime"
+                kw = {k: v for k, v in kw.items() if k in ("providers", "threads")}
     if name == "onnxruntime":
         from .onnxruntime import OnnxRuntimeBackend
 
@@ -50,4 +70,4 @@ def load_backend(name: str, model: bytes, source: str = "model", **kw) -> Backen
     return TensorRtBackend(model, source, **kw)
 
 
-__all__ = ["Backend", "InputSpec", "NAMES", "available", "load_backend"]
+__all__ = ["Backend", "InputSpec", "NAMES", "auto_choice", "available", "load_backend"]
