@@ -127,7 +127,7 @@ class PrHistogram:
         return float(np.sum((recall - prev) * prec))
 
     def best_threshold(
-        self, metric=dice, lo: float = 0.05, hi: float = 0.95
+        self, metric=dice, lo: float = 0.01, hi: float = 0.99
     ) -> tuple[float, float]:
         """(threshold, metric value) maximising ``metric`` over the bin edges in [lo, hi]."""
         best = (0.5, -1.0)
@@ -146,5 +146,5 @@ def best_threshold_dice(
     h = PrHistogram(bins)
     for p, t in zip(probs, truths, strict=True):
         h.add(p, t)
-    thr, best = h.best_threshold(dice, lo=0.01)
+    thr, best = h.best_threshold(dice)
     return dice(h.counts_at(0.5)), best, thr
