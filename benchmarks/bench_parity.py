@@ -1,0 +1,101 @@
+"""Accuracy parity (group "parity"): pooled Dice and IoU against the IDRiD hemorrhage (HE)
+ground truth at full resolution, for every backend x precision, compared with the FP32 ONNX
+Runtime model; plus each variant's mask agreement (Dice) with the reference's masks."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+from benchlib import REFERENCE, VARIANTS, Variant, he_mask_path, n_images, skip_reason
+from PIL import Image
+
+from hemoseg_edge.errors import BackendUnavailableError, HemosegError
+from hemoseg_edge.metrics import Counts, confusion, dice, iou
+from hemoseg_edge.segmenter import Segmenter
+
+# |pooled Dice (and IoU) - FP32 ONNX Runtime's| may not exceed these
+TOLERANCE = {"fp32": 0.002, "fp16": 0.005, "bf16": 0.01, "int8": 0.01}
+TOLERANCE_TRT_FP32 = 0.005  # TensorRT runs FP32 layers as TF32 on Ampere and newer
+
+
+@cache
+def _packed_truth(image) -> tuple[np.ndarray, tuple[int, int]]:
+    a = np.asarray(Image.open(he_mask_path(image)))
+    m = a > 0 if a.ndim == 2 else (a > 0).any(axis=2)
+    return np.packbits(m), m.shape
+
+
+def truth(image) -> np.ndarray:
+    """The HE ground truth, ``> 0`` (read once, kept bit-packed)."""
+    packed, shape = _packed_truth(image)
+    return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+
+
+@pytest.fixture(scope="module")
+def cases(models, images) -> list:
+    if not models.real:
+        pytest.skip("parity needs the real model (the tiny fallback is in use)")
+    with_truth = [p for p in images if he_mask_path(p).is_file()]
+    if not with_truth:
+        pytest.skip("no IDRiD HE ground-truth masks (IDRiD test set not in the shared data)")
+    return with_truth[: n_images(len(with_truth), 2)]
+
+
+def evaluate(v: Variant, models, cases) -> tuple[Counts, list[np.ndarray]]:
+    try:
+        seg = Segmenter.from_engine(models.path(v.file), backend=v.backend, **v.options)
+    except BackendUnavailableError as e:
+        pytest.skip(str(e))
+    total, packed = Counts(0, 0, 0, 0), []
+    for path, res in seg.segment_batch(cases, prefetch=2):
+        if isinstance(res, HemosegError):
+            raise res
+        total = total + confusion(res.mask, truth(path))
+        packed.append(np.packbits(res.mask))
+    seg.backend.close()
+    return total, packed
+
+
+@pytest.fixture(scope="module")
+def reference(models, cases):
+    why = skip_reason(REFERENCE, models)
+    if why:
+        pytest.skip(why)
+    return evaluate(REFERENCE, models, cases)
+
+
+@pytest.mark.parametrize("v", VARIANTS, ids=lambda v: v.id)
+def bench_parity(benchmark, v: Variant, models, cases, reference):
+    why = skip_reason(v, models)
+    if why:
+        pytest.skip(why)
+    benchmark.group = "parity"
+    ref_counts, ref_masks = reference
+    if v == REFERENCE:
+        counts, masks = benchmark.pedantic(lambda: reference, rounds=1, iterations=1)
+    else:
+        counts, masks = benchmark.pedantic(evaluate, args=(v, models, cases), rounds=1)
+    agree = Counts(0, 0, 0, 0)
+    for a, b in zip(masks, ref_masks, strict=True):
+        agree = agree + confusion(np.unpackbits(a), np.unpackbits(b))
+    tol = TOLERANCE_TRT_FP32 if v.id == "tensorrt-fp32" else TOLERANCE[v.precision]
+    d, i = dice(counts), iou(counts)
+    d_ref, i_ref = dice(ref_counts), iou(ref_counts)
+    benchmark.extra_info.update(
+        backend=v.backend,
+        precision=v.precision,
+        model=v.file,
+        images=len(cases),
+        dice=round(d, 5),
+        iou=round(i, 5),
+        reference_dice=round(d_ref, 5),
+        reference_iou=round(i_ref, 5),
+        delta_dice=round(d - d_ref, 5),
+        delta_iou=round(i - i_ref, 5),
+        agreement_dice=round(dice(agree), 5),
+        tolerance=tol,
+    )
+    assert abs(d - d_ref) <= tol, f"pooled Dice {d:.4f} vs FP32 ORT {d_ref:.4f} (tol {tol})"
+    assert abs(i - i_ref) <= tol, f"pooled IoU {i:.4f} vs FP32 ORT {i_ref:.4f} (tol {tol})"

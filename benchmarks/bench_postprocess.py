@@ -1,0 +1,81 @@
+"""Full-resolution postprocess (group "postprocess": the runtime's and a straightforward
+reference, which give identical masks) and the CLI's output files (group "outputs")."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from benchlib import FP32, rounds
+
+from hemoseg_edge import quality
+from hemoseg_edge.postprocess import quadrant_of
+from hemoseg_edge.segmenter import Segmenter
+
+
+@pytest.fixture(scope="module")
+def case(models, images):
+    """(segmenter, loaded image, preprocessed, probability) for the first test image."""
+    seg = Segmenter.from_engine(models.path(FP32), backend="auto")
+    image = seg.load(images[0])
+    pre = seg.preprocess(image)
+    prob = seg.backend.run(pre.tensor)[0, 0]
+    return seg, image, pre, prob
+
+
+def reference_postprocess(prob, pre, image, thr):
+    """The straightforward version: warp to 12 Mpx, threshold, FOV disc, label everything."""
+    g = pre.geometry
+    mask = (g.to_original(prob) >= thr) & g.fov_mask()
+    n, _, stats, cents = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    lesions = sorted(
+        (
+            (int(stats[i, 4]), quadrant_of(cents[i, 0], cents[i, 1], *g.fov_center))
+            for i in range(1, n)
+        ),
+        key=lambda t: -t[0],
+    )
+    fov_area = int(g.fov_mask().sum())
+    flags = quality.assess(image.frame, pre.fov, pre.green_stats, True)
+    return mask, lesions, fov_area, flags
+
+
+def bench_postprocess(benchmark, case, models):
+    seg, image, pre, prob = case
+    scratch = np.empty(pre.geometry.original_hw, np.float32)
+    benchmark.group = "postprocess"
+    res = benchmark.pedantic(
+        seg.postprocess, args=(prob, pre, image, {}, scratch), rounds=rounds(20, 5)
+    )
+    benchmark.extra_info.update(
+        variant="optimised (window, cached FOV disc, reused buffer)",
+        lesions=len(res.lesions),
+        mask_fraction=round(float(res.mask.mean()), 6),
+        real_model=models.real,
+    )
+
+
+def bench_postprocess_reference(benchmark, case, models):
+    seg, image, pre, prob = case
+    benchmark.group = "postprocess"
+    mask, *_ = benchmark.pedantic(
+        reference_postprocess,
+        args=(prob, pre, image, seg.metadata.threshold),
+        rounds=rounds(10, 3),
+    )
+    optimised = seg.postprocess(prob, pre, image, {})
+    assert np.array_equal(mask, optimised.mask)
+    benchmark.extra_info.update(variant="straightforward reference", real_model=models.real)
+
+
+def bench_write_outputs(benchmark, case, images, tmp_path):
+    """Mask PNG (12 Mpx), overlay PNG (2048 px), JSON, each written atomically (CLI)."""
+    from hemoseg_edge.cli import write_outputs
+
+    seg, image, pre, prob = case
+    res = seg.postprocess(prob, pre, image, {})
+    benchmark.group = "outputs"
+    benchmark.pedantic(
+        write_outputs, args=(res, images[0], tmp_path, "bench", 2048), rounds=rounds(10, 3)
+    )
+    benchmark.extra_info.update(files=sorted(p.name for p in tmp_path.iterdir()))

@@ -1,0 +1,152 @@
+"""Shared helpers for the benchmark suite: settings from the environment, model variants, images.
+
+Environment:
+  HEMOSEG_BENCH_QUICK=1     few images and rounds (CI); default: full mode
+  HEMOSEG_BENCH_MODELS=DIR  where hemoseg_unet_v1{,_fp16,_int8}.onnx live (default: engines/)
+  HEMOSEG_DATA=DIR          shared datasets (default: ../shared/data)
+  HEMOSEG_BENCH_NOTE=TEXT   free text stored in the JSON (e.g. "background jobs paused")
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = os.environ.get("HEMOSEG_BENCH_QUICK", "").lower() in ("1", "true", "yes", "on")
+MODELS_DIR = Path(os.environ.get("HEMOSEG_BENCH_MODELS") or REPO / "engines")
+FP32, FP16, INT8 = "hemoseg_unet_v1.onnx", "hemoseg_unet_v1_fp16.onnx", "hemoseg_unet_v1_int8.onnx"
+HW = (560, 576)
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def _tests_conftest():
+    """``tests/conftest.py`` as a plain module (its name clashes with this folder's conftest)."""
+    path = REPO / "tests" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("hemoseg_tests_conftest", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    return mod
+
+
+TESTS = _tests_conftest()
+
+
+def rounds(full: int, quick: int) -> int:
+    return quick if QUICK else full
+
+
+def n_images(full: int, quick: int) -> int:
+    return quick if QUICK else full
+
+
+def cpu_flags() -> set[str]:
+    try:
+        from hemoseg_edge.backends.openvino import cpu_flags as read
+    except ImportError:  # pragma: no cover - openvino module imports only stdlib at load
+        return set()
+    return set(read() or ())
+
+
+def is_x86() -> bool:
+    return platform.machine().lower() in ("x86_64", "amd64")
+
+
+def fundus_images() -> list[Path]:
+    """IDRiD official test JPEGs (4288x2848), else the bundled example."""
+    imgs = TESTS.idrid_images("test")
+    if imgs:
+        return imgs
+    example = REPO / "examples" / "IDRiD_55.jpg"
+    return [example] if example.exists() else []
+
+
+def he_mask_path(image: Path) -> Path:
+    return TESTS.data_root() / "idrid" / "masks" / "HE" / "test" / f"{image.stem}_HE.tif"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One backend x precision to benchmark."""
+
+    backend: str
+    precision: str
+    file: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}-{self.precision}"
+
+
+VARIANTS = (
+    Variant("onnxruntime", "fp32", FP32),
+    Variant("onnxruntime", "fp16", FP16),
+    Variant("onnxruntime", "int8", INT8),
+    Variant("openvino", "fp32", FP32, {"precision": "fp32"}),
+    Variant("openvino", "bf16", FP32, {"precision": "bf16"}),
+    Variant("openvino", "int8", INT8, {"precision": "auto"}),
+    # TensorRT builds (and caches) an engine from each ONNX; precision follows the ONNX types
+    Variant("tensorrt", "fp32", FP32),
+    Variant("tensorrt", "fp16", FP16),
+    Variant("tensorrt", "int8", INT8),
+)
+REFERENCE = VARIANTS[0]
+
+
+@dataclass
+class ModelSet:
+    """Where each model file is; ``real`` is False when the tiny fallback stands in."""
+
+    dir: Path
+    real: bool
+    fallback: Path | None = None
+
+    def path(self, name: str) -> Path | None:
+        if self.real:
+            p = self.dir / name
+            return p if p.is_file() else None
+        return self.fallback if name == FP32 else None
+
+
+def skip_reason(v: Variant, models: ModelSet) -> str | None:
+    """Why ``v`` cannot run here (None: it can)."""
+    import importlib.util as iu
+
+    if models.path(v.file) is None:
+        where = models.dir if models.real else "the tiny fallback"
+        return f"{v.file} not in {where}"
+    if v.backend == "openvino" and iu.find_spec("openvino") is None:
+        return "openvino not installed (pip install 'hemoseg-edge[openvino]')"
+    if v.backend == "openvino" and v.precision == "bf16" and not (set(BF16_FLAGS) & cpu_flags()):
+        return "CPU has no native bf16 (AMX/AVX512-BF16)"
+    gpu_stack = iu.find_spec("tensorrt") is not None and iu.find_spec("pycuda") is not None
+    if v.backend == "tensorrt" and not gpu_stack:
+        return "TensorRT/pycuda not installed (NVIDIA GPU only)"
+    return None
+
+
+def load_or_skip(v: Variant, path: Path):
+    """The backend for ``v``, or a pytest skip naming why it cannot load here."""
+    import pytest
+
+    from hemoseg_edge.backends import load_backend
+    from hemoseg_edge.errors import BackendUnavailableError
+
+    try:
+        return load_backend(v.backend, path.read_bytes(), str(path), **v.options)
+    except BackendUnavailableError as e:
+        pytest.skip(str(e))
+
+
+def make_fallback_model(folder: Path) -> Path:
+    """The tiny real ONNX model from tests/conftest.py (1x1 conv + sigmoid) with metadata."""
+    from hemoseg_edge.metadata import ModelMetadata
+
+    md = ModelMetadata(version="bench-tiny-fallback", training_data="none (benchmark stand-in)")
+    p = folder / "tiny_fallback.onnx"
+    p.write_bytes(TESTS.make_tiny_onnx(HW, metadata=md))
+    return p

@@ -1,0 +1,366 @@
+"""Write BENCHMARKS.md (and the latency plot) from a pytest-benchmark JSON file.
+
+    python benchmarks/report.py benchmarks/results.json [more.json ...] [--out BENCHMARKS.md]
+        [--plot benchmarks/latency.png]
+
+Several JSON files (e.g. groups run separately) are merged: their benchmarks are concatenated,
+the machine description is the first file's.
+
+Every number in the output comes from the JSON (or, in the Jetson section, is computed from the
+stated TOPS figures); nothing is typed by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+GFLOP_PER_FRAME = 241.0  # the U-Net at 560x576 (multiply-adds x 2)
+FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
+GROUP_ORDER = (
+    "preprocess-cpu",
+    "preprocess-cuda",
+    "inference",
+    "postprocess",
+    "outputs",
+    "end-to-end",
+    "memory",
+    "parity",
+)
+# Advertised AI performance of each Jetson Orin module: INT8 TOPS *with* 2:4 structured sparsity,
+# GPU and DLAs together (NVIDIA Jetson Orin module data sheets; "Super" = JetPack 6.2 clocks).
+# Dense INT8 = sparse / 2; dense FP16 = dense INT8 / 2 (Ampere tensor cores).
+ORIN_SPARSE_INT8_TOPS = (
+    ("Jetson AGX Orin 64GB", 275.0),
+    ("Jetson AGX Orin 32GB", 200.0),
+    ("Jetson Orin NX 16GB (Super)", 157.0),
+    ("Jetson Orin NX 16GB", 100.0),
+    ("Jetson Orin NX 8GB (Super)", 117.0),
+    ("Jetson Orin NX 8GB", 70.0),
+    ("Jetson Orin Nano 8GB (Super)", 67.0),
+    ("Jetson Orin Nano 8GB", 40.0),
+    ("Jetson Orin Nano 4GB (Super)", 34.0),
+    ("Jetson Orin Nano 4GB", 20.0),
+)
+
+
+def _ms(seconds: float) -> str:
+    return f"{1000 * seconds:,.1f}"
+
+
+def _label(b: dict) -> str:
+    return b.get("param") or b["name"].split("[", 1)[0].removeprefix("bench_")
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return out + [""]
+
+
+def by_group(data: dict) -> dict[str, list[dict]]:
+    groups: dict[str, list[dict]] = {}
+    for b in data.get("benchmarks", []):
+        groups.setdefault(b.get("group") or "other", []).append(b)
+    return groups
+
+
+def machine_section(data: dict) -> list[str]:
+    mi = data.get("machine_info", {})
+    hm = mi.get("hemoseg", {})
+    run = data.get("hemoseg", {})
+    flags = hm.get("cpu_flags", {})
+    lines = ["## Machine", ""]
+    rows = [
+        ["CPU", hm.get("cpu_model", mi.get("cpu", {}).get("brand_raw", "?"))],
+        ["flags", ", ".join(f"{f} {'yes' if flags.get(f) else 'no'}" for f in FLAGS)],
+        [
+            "cores",
+            f"{hm.get('logical_cores')} logical, {hm.get('physical_cores')} physical, "
+            f"{hm.get('affinity_cores')} usable",
+        ],
+        ["memory", f"{hm.get('memory_gb')} GB"],
+        ["GPU", hm.get("gpu") or "none"],
+        ["mode", "quick (CI)" if run.get("quick") else "full"],
+        [
+            "model",
+            "real (" + run.get("models_dir", "?") + ")"
+            if run.get("real_model")
+            else "tiny fallback: no real model in " + run.get("models_dir", "?"),
+        ],
+        ["load average (1, 5, 15 min) at start", run.get("load_average_at_start")],
+        ["load average at end", hm.get("load_average_at_end")],
+        ["note", run.get("note") or "-"],
+        ["environment", ", ".join(f"{k}={v}" for k, v in run.get("env", {}).items()) or "-"],
+        ["date", data.get("datetime", "?")],
+    ]
+    lines += _table(["", ""], rows)
+    versions = hm.get("versions", {})
+    lines += ["## Versions", ""]
+    lines += _table(["package", "version"], [[k, v] for k, v in sorted(versions.items())])
+    return lines
+
+
+def _ips(b: dict) -> float:
+    return 1.0 / b["stats"]["median"]
+
+
+def inference_section(benches: list[dict]) -> list[str]:
+    ref = next((b for b in benches if _label(b) == "onnxruntime-fp32"), None)
+    rows = []
+    for b in sorted(benches, key=lambda b: b["stats"]["median"]):
+        ei, st = b.get("extra_info", {}), b["stats"]
+        speedup = f"{ref['stats']['median'] / st['median']:.2f}x" if ref else "-"
+        rows.append(
+            [
+                _label(b),
+                ei.get("providers", ""),
+                _ms(st["median"]),
+                _ms(st["iqr"]),
+                st["rounds"],
+                f"{_ips(b):.2f}",
+                speedup,
+                ei.get("load_s", ""),
+            ]
+        )
+    head = ["backend-precision", "runs as", "median ms", "IQR ms", "rounds", "images/s"]
+    return _table(head + ["speed-up vs ORT FP32", "load s"], rows)
+
+
+def generic_section(benches: list[dict]) -> list[str]:
+    rows = []
+    for b in benches:
+        ei, st = b.get("extra_info", {}), b["stats"]
+        extra = ", ".join(
+            f"{k}={v}" for k, v in ei.items() if k in ("images_per_s", "providers", "variant")
+        )
+        rows.append([_label(b), _ms(st["median"]), _ms(st["iqr"]), st["rounds"], extra])
+    return _table(["benchmark", "median ms", "IQR ms", "rounds", "notes"], rows)
+
+
+def memory_section(benches: list[dict]) -> list[str]:
+    rows = []
+    for b in benches:
+        ei = b.get("extra_info", {})
+        rows.append(
+            [
+                _label(b),
+                ei.get("providers", ""),
+                ei.get("peak_rss_mb", ""),
+                ei.get("peak_rss_mb_psutil", ""),
+                ei.get("load_s", ""),
+                _ms(b["stats"]["median"]),
+            ]
+        )
+    head = ["backend-precision", "runs as", "peak RSS MB (VmHWM)", "peak RSS MB (psutil)"]
+    return _table(head + ["model load s", "cold start ms (load + 2 runs)"], rows)
+
+
+def parity_section(benches: list[dict]) -> list[str]:
+    rows = []
+    for b in benches:
+        ei = b.get("extra_info", {})
+        if "dice" not in ei:
+            continue
+        ok = abs(ei["delta_dice"]) <= ei["tolerance"] and abs(ei["delta_iou"]) <= ei["tolerance"]
+        rows.append(
+            [
+                _label(b),
+                ei["images"],
+                f"{ei['dice']:.4f}",
+                f"{ei['iou']:.4f}",
+                f"{ei['delta_dice']:+.4f}",
+                f"{ei['delta_iou']:+.4f}",
+                f"{ei['agreement_dice']:.4f}",
+                ei["tolerance"],
+                "pass" if ok else "FAIL",
+            ]
+        )
+    if not rows:
+        return ["No parity results (needs the real model and the IDRiD test masks).", ""]
+    head = ["backend-precision", "images", "pooled Dice", "pooled IoU", "ΔDice", "ΔIoU"]
+    return [
+        "Pooled over the IDRiD official test images at full resolution, hemorrhage (HE) masks;"
+        " Δ = variant - FP32 ONNX Runtime; agreement = Dice of the variant's masks with the"
+        " FP32 ONNX Runtime masks.",
+        "",
+        *_table(head + ["agreement Dice", "tolerance", "result"], rows),
+    ]
+
+
+def summary_section(groups: dict[str, list[dict]]) -> list[str]:
+    inf = groups.get("inference", [])
+    e2e = {b.get("extra_info", {}).get("mode"): b for b in groups.get("end-to-end", [])}
+    if not inf or "batch" not in e2e:
+        return ["(no end-to-end or inference results)", ""]
+    best = min(inf, key=lambda b: b["stats"]["median"])
+    lines = ["## End-to-end vs pure inference", ""]
+    rows = []
+    for mode in ("single", "batch", "batch+outputs"):
+        b = e2e.get(mode)
+        if b is None:
+            continue
+        ei = b["extra_info"]
+        same = next(
+            (x for x in inf if x.get("extra_info", {}).get("providers") == ei.get("providers")),
+            None,
+        )
+        ips = ei["images_per_s"]
+        rows.append(
+            [
+                mode,
+                ei.get("providers", ""),
+                f"{ips:.3f}",
+                f"{ips / _ips(best):.3f}",
+                f"{ips / _ips(same):.3f}" if same else "-",
+            ]
+        )
+    lines += [
+        f"Best pure inference: **{_label(best)}** at {_ips(best):.3f} images/s. The default CPU "
+        'path is the FP32 model with backend "auto"; target: batch / best inference >= 0.9.',
+        "",
+    ]
+    head = ["default CPU path", "runs as", "images/s", "/ best inference"]
+    lines += _table(head + ["/ same backend-precision inference"], rows)
+    return lines
+
+
+def jetson_section(gflop: float) -> list[str]:
+    rows = []
+    for name, sparse in ORIN_SPARSE_INT8_TOPS:
+        dense8, dense16 = sparse / 2, sparse / 4
+        ms8, ms16 = gflop / dense8, gflop / dense16  # GFLOP / TOPS = ms
+        rows.append(
+            [
+                name,
+                f"{sparse:g}",
+                f"{dense8:g}",
+                f"{dense16:g}",
+                f"{ms8:.2f}",
+                f"{ms16:.2f}",
+                f"{1000 / ms8:.0f}",
+                f"{1000 / ms16:.0f}",
+            ]
+        )
+    head = ["module", "advertised sparse INT8 TOPS", "dense INT8 TOPS", "dense FP16 TOPS"]
+    head += ["INT8 floor ms", "FP16 floor ms", "INT8 ceiling img/s", "FP16 ceiling img/s"]
+    return [
+        "## On Jetson (computed, not measured)",
+        "",
+        f"**Computed, not measured.** Compute-only floor for {gflop:g} GFLOP per frame "
+        "(the U-Net at 560x576): time = GFLOP / dense TOPS at 100% utilisation. TOPS: NVIDIA's "
+        'advertised module figures (INT8 with 2:4 sparsity, GPU and DLAs together; "Super" = '
+        "JetPack 6.2 clocks); dense INT8 = half of that, dense FP16 = a quarter. The GPU alone "
+        "has fewer TOPS, the dense U-Net gets no sparsity gain, and memory bandwidth "
+        "(68-205 GB/s) limits the full-resolution layers, so real latencies are several times "
+        "these floors; preprocessing and postprocessing are extra.",
+        "",
+        *_table(head, rows),
+    ]
+
+
+def plot(groups: dict[str, list[dict]], path: Path) -> bool:
+    benches = sorted(groups.get("inference", []), key=lambda b: b["stats"]["median"])
+    if not benches:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [_label(b) for b in benches]
+    med = [1000 * b["stats"]["median"] for b in benches]
+    q1 = [1000 * (b["stats"]["median"] - b["stats"]["q1"]) for b in benches]
+    q3 = [1000 * (b["stats"]["q3"] - b["stats"]["median"]) for b in benches]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
+    ax.barh(names, med, xerr=[q1, q3], color="tab:blue", capsize=3)
+    for y, (m, hi) in enumerate(zip(med, q3, strict=True)):
+        ax.text(m + hi, y, f"  {m:,.0f} ms", va="center")
+    ax.invert_yaxis()
+    ax.set_xlabel("latency per 560x576 frame, median (ms); whiskers: IQR")
+    ax.set_title("Inference latency by backend and precision")
+    ax.set_xlim(0, max(m + hi for m, hi in zip(med, q3, strict=True)) * 1.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def render(data: dict, source: str, plot_path: Path, md_path: Path, gflop: float) -> str:
+    groups = by_group(data)
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `benchmarks/report.py` from `{source}` on "
+        f"{datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; do not edit by hand.",
+        "",
+    ]
+    lines += machine_section(data)
+    lines += summary_section(groups)
+    if plot(groups, plot_path):
+        rel = os.path.relpath(plot_path, md_path.parent)
+        lines += [f"![inference latency]({rel})", ""]
+    for g in GROUP_ORDER + tuple(sorted(set(groups) - set(GROUP_ORDER))):
+        if g not in groups:
+            continue
+        lines += [f"## {g}", ""]
+        if g == "inference":
+            lines += inference_section(groups[g])
+        elif g == "memory":
+            lines += memory_section(groups[g])
+        elif g == "parity":
+            lines += parity_section(groups[g])
+        else:
+            lines += generic_section(groups[g])
+    lines += jetson_section(gflop)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def merge(runs: list[dict]) -> dict:
+    """One report from several runs: all benchmarks, the first run's machine; the load averages
+    of every run are kept."""
+    data = dict(runs[0])
+    data["benchmarks"] = [b for r in runs for b in r.get("benchmarks", [])]
+    if len(runs) > 1:
+        hm = dict(data.get("hemoseg", {}))
+        hm["load_average_at_start"] = [
+            r.get("hemoseg", {}).get("load_average_at_start") for r in runs
+        ]
+        hm["note"] = "; ".join(dict.fromkeys(r.get("hemoseg", {}).get("note", "") for r in runs))
+        data["hemoseg"] = hm
+        mi = dict(data.get("machine_info", {}))
+        mi["hemoseg"] = dict(mi.get("hemoseg", {}))
+        mi["hemoseg"]["load_average_at_end"] = [
+            r.get("machine_info", {}).get("hemoseg", {}).get("load_average_at_end") for r in runs
+        ]
+        data["machine_info"] = mi
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("json", type=Path, nargs="+", help="pytest --benchmark-json output(s)")
+    p.add_argument("--out", type=Path, default=HERE.parent / "BENCHMARKS.md")
+    p.add_argument("--plot", type=Path, default=HERE / "latency.png")
+    p.add_argument("--gflop", type=float, default=GFLOP_PER_FRAME)
+    args = p.parse_args(argv)
+    try:
+        data = merge([json.loads(p.read_text()) for p in args.json])
+    except (OSError, json.JSONDecodeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    source = ", ".join(os.path.relpath(p, args.out.parent) for p in args.json)
+    text = render(data, source, args.plot, args.out, args.gflop)
+    args.out.write_text(text)
+    print(f"wrote {args.out} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""OpenVINO backend (CPU): reads the same ONNX bytes as ONNX Runtime, including Q/DQ INT8 models
+(OpenVINO's low-precision transformations run them as int8).
+
+Precision: ``"auto"`` asks for bf16 where the CPU computes it natively (AMX or AVX512-BF16),
+else f32; ``providers`` reports what ran, e.g. ``["CPU:bf16"]``. Compiled models are cached
+under ``~/.cache/hemoseg-edge/ov_cache`` (or ``$HEMOSEG_OV_CACHE``; ``cache_dir=""`` or an
+empty ``$HEMOSEG_OV_CACHE`` turns caching off).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendUnavailableError, ModelError
+from .base import Backend, InputSpec
+
+BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+_ALIASES = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The CPU feature flags from ``/proc/cpuinfo`` (None where that cannot be read)."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def choose_precision(
+    requested: str = "auto",
+    flags: Iterable[str] | None = None,
+    capabilities: Iterable[str] = (),
+) -> str:
+    """OpenVINO ``INFERENCE_PRECISION_HINT`` ("f32", "bf16" or "f16") for ``requested``.
+
+    ``"auto"``: bf16 when ``flags`` (``/proc/cpuinfo``) show AMX-BF16 or AVX512-BF16, else f32;
+    without flags, bf16 when OpenVINO's ``OPTIMIZATION_CAPABILITIES`` list it, else f32.
+    """
+    req = requested.lower()
+    if req == "auto":
+        if flags is not None:
+            return "bf16" if BF16_FLAGS & set(flags) else "f32"
+        return "bf16" if "BF16" in set(capabilities) else "f32"
+    if req not in _ALIASES:
+        raise ValueError(f"unknown precision {requested!r}; use auto, fp32, bf16 or fp16")
+    return _ALIASES[req]
+
+
+CACHE_ENV = "HEMOSEG_OV_CACHE"
+
+
+def default_cache_dir() -> Path | None:
+    """``$HEMOSEG_OV_CACHE`` (empty: no cache), else ``~/.cache/hemoseg-edge/ov_cache``."""
+    env = os.environ.get(CACHE_ENV)
+    if env is not None:
+        return Path(env) if env else None
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "hemoseg-edge" / "ov_cache"
+
+
+def _usable_dir(path: Path) -> str | None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None
+    return str(path) if os.access(path, os.W_OK) else None
+
+
+def _precision_name(compiled) -> str:
+    """The precision as compiled ("bf16", "f32", "f16"); "int8+<that>" for int8 convolutions."""
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    name = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
+    conv = set()
+    try:
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if info["layerType"].astype(str) == "Convolution":
+                conv.add(info["runtimePrecision"].astype(str))
+    except (RuntimeError, KeyError, AttributeError):  # pragma: no cover - older OpenVINO
+        pass
+    return f"int8+{name}" if conv & {"u8", "i8"} else name
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+
+    def __init__(
+        self,
+        model: bytes,
+        source: str = "model",
+        precision: str = "auto",
+        cache_dir: str | os.PathLike | None = None,
+        threads: int = 0,
+        **_ignored,
+    ):
+        try:
+            import openvino as ov
+        except ImportError:
+            raise BackendUnavailableError(
+                "OpenVINO backend needs the [openvino] extra: pip install 'hemoseg-edge[openvino]'"
+            ) from None
+        core = ov.Core()
+        try:
+            caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        except RuntimeError:  # pragma: no cover - no CPU plugin
+            raise BackendUnavailableError("OpenVINO has no CPU device on this machine") from None
+        try:
+            hint = choose_precision(precision, cpu_flags(), caps)
+        except ValueError as e:
+            raise BackendUnavailableError(str(e)) from None
+        cache = default_cache_dir() if cache_dir is None else Path(cache_dir) if cache_dir else None
+        cache_str = _usable_dir(cache) if cache is not None else None
+        if cache_str:
+            core.set_property({"CACHE_DIR": cache_str})
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        try:
+            ov_model = core.read_model(bytes(model))
+            self._compiled = core.compile_model(ov_model, "CPU", config)
+        except (RuntimeError, ValueError, TypeError) as e:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{source}: OpenVINO cannot load the model ({msg[:200]})") from None
+        self._spec = self._check_io(ov_model, source)
+        self._precision = _precision_name(self._compiled)
+        self._request = self._compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _check_io(ov_model, source: str) -> InputSpec:
+        if len(ov_model.inputs) != 1 or len(ov_model.outputs) != 1:
+            raise ModelError(f"{source}: expected one input and one output")
+        inp = ov_model.inputs[0]
+        pshape = inp.get_partial_shape()
+        shape = tuple(d.get_length() if d.is_static else -1 for d in pshape)
+        if len(shape) != 4 or shape[1] != 1:
+            raise ModelError(f"{source}: input shape {pshape} is not (N, 1, H, W)")
+        if inp.get_element_type().get_type_name() != "f32":
+            raise ModelError(f"{source}: input type {inp.get_element_type()} is not float32")
+        return InputSpec(inp.get_any_name(), shape)  # type: ignore[arg-type]
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return self._spec
+
+    @property
+    def precision(self) -> str:
+        """The inference precision OpenVINO reports ("f32", "bf16", "f16")."""
+        return self._precision
+
+    @property
+    def providers(self) -> list[str]:
+        return [f"CPU:{self._precision}"]
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        n = self._spec.shape[0]
+        if n > 0 and batch.shape[0] != n:  # static batch: run image by image
+            return np.concatenate([self.run(batch[i : i + 1]) for i in range(batch.shape[0])])
+        with self._lock:
+            self._request.infer({0: batch}, share_inputs=True)
+            return self._request.get_output_tensor(0).data.copy()
+
+    def close(self) -> None:
+        self._request = None
+        self._compiled = None

@@ -1,0 +1,163 @@
+"""The optimised postprocess (window, cached FOV disc, windowed labelling) gives exactly what
+the straightforward full-image computation gives; the batch pipeline equals ``segment``."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from conftest import ddb1_images, idrid_images
+
+from hemoseg_edge.errors import HemosegError
+from hemoseg_edge.io import load_image
+from hemoseg_edge.postprocess import (
+    find_lesions,
+    fov_disc,
+    mask_and_window,
+    quadrant_of,
+    to_original_mask,
+)
+from hemoseg_edge.preprocess import Geometry, preprocess_frame
+from hemoseg_edge.result import Lesion
+from hemoseg_edge.segmenter import Segmenter
+
+HW = (560, 576)
+
+
+def reference_mask(prob: np.ndarray, g: Geometry, thr: float) -> np.ndarray:
+    return (g.to_original(prob) >= thr) & g.fov_mask()
+
+
+def reference_lesions(mask: np.ndarray, g: Geometry) -> list[Lesion]:
+    n, _, stats, cents = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    cx, cy = g.fov_center
+    out = [
+        Lesion(
+            area_px=int(stats[i, cv2.CC_STAT_AREA]),
+            centroid=(round(float(cents[i, 0]), 1), round(float(cents[i, 1]), 1)),
+            bbox=tuple(int(v) for v in stats[i, :4]),
+            quadrant=quadrant_of(cents[i, 0], cents[i, 1], cx, cy),
+        )
+        for i in range(1, n)
+    ]
+    return sorted(out, key=lambda les: -les.area_px)
+
+
+def prob_maps(seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    blur = cv2.GaussianBlur(rng.random(HW).astype(np.float32), (0, 0), 2)
+    blur = ((blur - blur.min()) / (blur.max() - blur.min())) ** 4
+    corner = np.zeros(HW, np.float32)
+    corner[:3, :3] = corner[-2:, -4:] = 0.9  # lesions touching the crop box edges
+    exact = np.zeros(HW, np.float32)
+    exact[rng.integers(0, HW[0], 40), rng.integers(0, HW[1], 40)] = 0.5  # exactly threshold
+    return {
+        "speckle": (rng.random(HW) ** 30).astype(np.float32),  # thousands of tiny lesions, ties
+        "blobs": blur,
+        "corners": corner,
+        "exact": exact,
+        "empty": np.full(HW, 0.2, np.float32),
+        "full": np.full(HW, 0.8, np.float32),
+    }
+
+
+@pytest.fixture(scope="module")
+def real_geometries(sample_image) -> list[Geometry]:
+    paths = [sample_image] + idrid_images("test")[1:2] + ddb1_images()[:1]
+    out = []
+    for p in paths:
+        li = load_image(p, HW)
+        out.append(preprocess_frame(li.frame, li.original_hw, HW).geometry)
+    return out
+
+
+def test_optimised_equals_reference_on_real_images(real_geometries):
+    for g in real_geometries:
+        for name, prob in prob_maps().items():
+            ref = reference_mask(prob, g, 0.5)
+            mask, window = mask_and_window(prob, g, 0.5)
+            assert np.array_equal(mask, ref), name
+            assert find_lesions(mask, g, window) == reference_lesions(ref, g), name
+            assert find_lesions(mask, g) == reference_lesions(ref, g), name
+        scratch = np.empty(g.original_hw, np.float32)
+        prob = prob_maps(1)["blobs"]
+        assert np.array_equal(to_original_mask(prob, g, 0.3, scratch), reference_mask(prob, g, 0.3))
+
+
+def test_segment_with_a_real_model_equals_reference(tiny_model, sample_image):
+    seg = Segmenter.from_engine(tiny_model, backend="onnxruntime")
+    res = seg.segment(sample_image)
+    ref = reference_mask(res.probability, res.geometry, res.threshold)
+    assert ref.any()
+    assert np.array_equal(res.mask, ref)
+    assert res.lesions == reference_lesions(ref, res.geometry)
+    assert res.fov_area_px == int(res.geometry.fov_mask().sum())
+
+
+def synthetic_geometries() -> list[Geometry]:
+    return [
+        Geometry((300, 400), (300, 400), HW, (13.0, 7.0, 391.0, 300.0), (200.5, 150.0), 170.0),
+        Geometry((300, 400), (150, 200), HW, (0.0, 0.0, 400.0, 300.0), (-20.0, 310.0), 90.4),
+        Geometry((301, 399), (301, 399), HW, (10.5, 3.25, 390.75, 299.5), (200.0, 150.0), 500.0),
+        Geometry((300, 400), (300, 400), HW, (50.0, 40.0, 90.0, 80.0), (70.0, 60.0), 1.0),
+    ]
+
+
+def test_fov_disc_equals_fov_mask(real_geometries):
+    for g in real_geometries + synthetic_geometries():
+        (x0, y0, x1, y1), disc, area = fov_disc(g)
+        full = g.fov_mask()
+        assert area == int(full.sum())
+        assert np.array_equal(disc, full[y0:y1, x0:x1])
+        outside = full.copy()
+        outside[y0:y1, x0:x1] = False
+        assert not outside.any()
+
+
+def test_synthetic_geometries_equal_reference():
+    for g in synthetic_geometries():
+        for name, prob in prob_maps(2).items():
+            ref = reference_mask(prob, g, 0.5)
+            mask, window = mask_and_window(prob, g, 0.5)
+            assert np.array_equal(mask, ref), name
+            assert find_lesions(mask, g, window) == reference_lesions(ref, g), name
+
+
+def test_windowed_labelling_any_mask():
+    rng = np.random.default_rng(4)
+    g = synthetic_geometries()[0]
+    for _ in range(20):
+        mask = np.zeros(g.original_hw, bool)
+        y0, x0 = rng.integers(0, 150, 2)
+        h, w = rng.integers(1, 150, 2)
+        mask[y0 : y0 + h, x0 : x0 + w] = rng.random((h, w)) > 0.7
+        assert find_lesions(mask, g) == reference_lesions(mask, g)
+    assert find_lesions(np.zeros(g.original_hw, bool), g) == []
+    with pytest.raises(ValueError, match="even"):
+        find_lesions(np.ones(g.original_hw, bool), g, (1, 0, 10, 10))
+
+
+def test_batch_equals_single_and_survives_bad_inputs(tiny_model, sample_image, tmp_path):
+    seg = Segmenter.from_engine(tiny_model, backend="onnxruntime")
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    inputs = [sample_image, bad, sample_image, bad, sample_image]
+    got = list(seg.segment_batch(inputs, prefetch=2))
+    assert [p for p, _ in got] == inputs
+    single = seg.segment(sample_image)
+    for (_, res), p in zip(got, inputs, strict=True):
+        if p == bad:
+            assert isinstance(res, HemosegError)
+        else:
+            assert np.array_equal(res.mask, single.mask)
+            assert res.lesions == single.lesions
+            assert {"decode", "preprocess", "inference", "postprocess", "total"} <= set(
+                res.timings_ms
+            )
+
+
+def test_batch_generator_can_be_abandoned(tiny_model, sample_image):
+    seg = Segmenter.from_engine(tiny_model, backend="onnxruntime")
+    gen = seg.segment_batch([sample_image] * 6, prefetch=2)
+    next(gen)
+    gen.close()  # pools shut down without processing the rest
