@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?=
 
-.PHONY: demo test bench build lint typecheck pytest clean
+.PHONY: demo test bench card build lint typecheck pytest clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -45,6 +45,15 @@ test: lint typecheck pytest
 bench: $(VENV)/.dev build
 	$(BIN)/python -m pytest benchmarks -q --benchmark-json=benchmarks/results.json
 	$(BIN)/python benchmarks/report.py benchmarks/results.json
+
+## card: re-measure every number in engines/MODEL_CARD.md (test set, DIARETDB1, precisions)
+card: $(VENV)/.dev
+	$(BIN)/python -m training.evaluate --model engines/hemoseg_unet_v1.onnx --out engines/eval_v1.json
+	$(BIN)/python -m training.quantize_report --fp32 engines/hemoseg_unet_v1.onnx \
+		--fp16 engines/hemoseg_unet_v1_fp16.onnx --int8 engines/hemoseg_unet_v1_int8.onnx \
+		--out engines/quantize_v1.json
+	$(BIN)/python -m training.model_card --eval engines/eval_v1.json --quant engines/quantize_v1.json \
+		$(if $(wildcard $(HOME)/.cache/hemoseg-edge/runs/cpu/run_info.json),--run $(HOME)/.cache/hemoseg-edge/runs/cpu)
 
 clean:
 	rm -rf build out .pytest_cache

@@ -292,6 +292,25 @@ def plot(groups: dict[str, list[dict]], path: Path) -> bool:
     return True
 
 
+def mermaid_chart(groups: dict) -> list[str]:
+    """The latency plot as a Mermaid bar chart: text, so it lives in git and renders on GitHub."""
+    benches = groups.get("inference", [])
+    if not benches:
+        return []
+    names = ", ".join(f'"{_label(b)}"' for b in benches)
+    med = ", ".join(f"{1000 * b['stats']['median']:.0f}" for b in benches)
+    return [
+        "```mermaid",
+        "xychart-beta",
+        '    title "Inference latency per 560x576 frame, median (ms)"',
+        f"    x-axis [{names}]",
+        '    y-axis "ms"',
+        f"    bar [{med}]",
+        "```",
+        "",
+    ]
+
+
 def render(data: dict, source: str, plot_path: Path, md_path: Path, gflop: float) -> str:
     groups = by_group(data)
     lines = [
@@ -303,9 +322,10 @@ def render(data: dict, source: str, plot_path: Path, md_path: Path, gflop: float
     ]
     lines += machine_section(data)
     lines += summary_section(groups)
+    lines += mermaid_chart(groups)
     if plot(groups, plot_path):
         rel = os.path.relpath(plot_path, md_path.parent)
-        lines += [f"![inference latency]({rel})", ""]
+        lines += [f"PNG version (not in git, written by `make bench`): `{rel}`", ""]
     for g in GROUP_ORDER + tuple(sorted(set(groups) - set(GROUP_ORDER))):
         if g not in groups:
             continue
