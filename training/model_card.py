@@ -101,12 +101,26 @@ def render(eval_json: dict, quant: dict | None, run: Path | None, manifest: dict
             "## Why the paper's 86.5 % Dice is not comparable",
             "",
             "The paper split *augmented* images at random, so rotated/flipped copies of the same",
-            "photograph sat on both sides of the split. Measured the paper's way (augmented copies",
-            f"of the training images, {leak['images']} tensors, model resolution) this model gets",
-            f"Dice **{leak['dice']:.4f}**; on the official held-out test split at full resolution",
-            f"it gets **{t['full_resolution']['dice']:.4f}**. Only the second number says how it",
-            "does on a new patient.",
+            "photograph sat on both sides of the split: its test set measured how well the network",
+            "remembers photographs it was trained on. Measured that way (augmented copies of our",
+            f"training images, {leak['images']} tensors, model resolution) this model gets Dice",
+            f"**{leak['dice']:.4f}**; on the official held-out test split at full resolution it",
+            f"gets **{t['full_resolution']['dice']:.4f}**.",
+            "",
         ]
+        if leak["dice"] <= t["full_resolution"]["dice"]:
+            out += [
+                "Here the leaky number is *not* higher: a model trained for a few CPU-hours is far",
+                "from memorising its training photographs. A network trained 100 epochs on 1,071",
+                "augmented copies, as in the paper, can memorise them, and then a random split of",
+                "augmented copies reports memory, not generalisation. Only the official-split",
+                "number says how the model does on a new patient; 86.5 % is not comparable to it.",
+            ]
+        else:
+            out += [
+                "The leaky number is higher: it rewards remembering training photographs. Only the",
+                "official-split number says how the model does on a new patient.",
+            ]
     if "diaretdb1" in eval_json:
         d = eval_json["diaretdb1"]
         out += [
@@ -121,7 +135,19 @@ def render(eval_json: dict, quant: dict | None, run: Path | None, manifest: dict
         ]
     if quant:
         out += ["", "## Precision variants (IDRiD test, full resolution, ONNX Runtime CPU)", ""]
-        out += ["```json", json.dumps(quant, indent=2)[:6000], "```"]
+        out += [
+            f"{quant.get('images', '?')} images, pooled; the reference is FP32. Asserted in CI on",
+            "a subset (FP16 within 0.005 Dice, INT8 within 0.01).",
+            "",
+            "| model | Dice | IoU | Dice - FP32 | mask px differing | max prob diff | s/image |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for m in quant["models"].values():
+            out.append(
+                f"| {Path(m['path']).name} ({m['precision']}) | {m['dice']:.4f} | {m['iou']:.4f} "
+                f"| {m['dice_delta_vs_fp32']:+.4f} | {m['mask_pixels_differing_vs_fp32']:.2e} "
+                f"| {m['prob_max_abs_diff_vs_fp32']:.3f} | {m['seconds_per_image']} |"
+            )
     if run and (run / "run_info.json").exists():
         info = json.loads((run / "run_info.json").read_text())
         rows = list(csv.DictReader(open(run / "log.csv"))) if (run / "log.csv").exists() else []
@@ -160,7 +186,8 @@ def render(eval_json: dict, quant: dict | None, run: Path | None, manifest: dict
         "hemoseg-edge quantize engines/hemoseg_unet_v1.onnx --precision fp16 \\",
         "    --out engines/hemoseg_unet_v1_fp16.onnx",
         "hemoseg-edge quantize engines/hemoseg_unet_v1.onnx --precision int8 \\",
-        "    --calib ../shared/data/idrid/images/train --out engines/hemoseg_unet_v1_int8.onnx",
+        "    --calib ../shared/data/idrid/images/train --calib-count 24 \\",
+        "    --out engines/hemoseg_unet_v1_int8.onnx",
         "python -m training.quantize_report --fp32 engines/hemoseg_unet_v1.onnx \\",
         "    --fp16 engines/hemoseg_unet_v1_fp16.onnx --int8 engines/hemoseg_unet_v1_int8.onnx \\",
         "    --out engines/quantize_v1.json",
