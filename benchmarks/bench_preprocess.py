@@ -68,17 +68,12 @@ def bench_decode_and_preprocess(benchmark, images):
 
 @pytest.fixture(scope="module")
 def cuda_runner():
+    from hemoseg_edge.cuda.gpu import NoGpuError, open_context
+
     try:
-        import pycuda.driver as cuda
-    except ImportError:
-        pytest.skip("pycuda not installed (no GPU group)")
-    try:
-        cuda.init()
-        if cuda.Device.count() == 0:
-            pytest.skip("no CUDA device")
-    except cuda.Error as e:
-        pytest.skip(f"no usable CUDA device ({e})")
-    ctx = cuda.Device(0).make_context()
+        cuda, ctx = open_context()
+    except NoGpuError as e:
+        pytest.skip(f"{e} (no GPU group)")
     try:
         from hemoseg_edge.cuda.gpu import GpuPreprocessor
 

@@ -258,8 +258,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _service_args(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--out", required=True, help="output folder (work/, done/, failed/, results/)")
+def _model_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--model", default=None, help="ONNX model or engine (default: shipped model)")
     s.add_argument(
         "--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "tensorrt")
@@ -269,6 +268,11 @@ def _service_args(s: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept a model without hemoseg metadata, using default settings",
     )
+
+
+def _service_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--out", required=True, help="output folder (work/, done/, failed/, results/)")
+    _model_args(s)
     s.add_argument(
         "--settle",
         type=float,
@@ -339,15 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("segment", help="segment images; write mask, overlay, JSON and report.csv")
     s.add_argument("images", nargs="+", help="image files or folders")
     s.add_argument("--out", required=True, help="output folder")
-    s.add_argument("--model", default=None, help="ONNX model or engine (default: shipped model)")
-    s.add_argument(
-        "--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "tensorrt")
-    )
-    s.add_argument(
-        "--assume-defaults",
-        action="store_true",
-        help="accept a model without hemoseg metadata, using default settings",
-    )
+    _model_args(s)
     s.add_argument("--prefetch", type=int, default=2, help="images decoded ahead of inference")
     s.add_argument(
         "--overlay-max-side",

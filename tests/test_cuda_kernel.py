@@ -205,18 +205,12 @@ def test_nvcc_fatbin_build(tmp_path):
 
 
 def _gpu_or_skip():
+    from hemoseg_edge.cuda.gpu import NoGpuError, open_context
+
     try:
-        import pycuda.driver as cuda
-    except ImportError:
-        pytest.skip("pycuda not installed")
-    try:
-        cuda.init()
-        if cuda.Device.count() == 0:
-            pytest.skip("no CUDA device")
-    except cuda.Error as e:
-        pytest.skip(f"no usable CUDA device ({e})")
-    ctx = cuda.Device(0).make_context()
-    return cuda, ctx
+        return open_context()
+    except NoGpuError as e:
+        pytest.skip(str(e))
 
 
 @pytest.mark.gpu

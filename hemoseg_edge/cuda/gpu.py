@@ -33,6 +33,25 @@ FATBIN_NAME = "hemoseg_preprocess.fatbin"
 _ARG_FORMAT = "PiiiiffffiiP"
 
 
+class NoGpuError(RuntimeError):
+    """No usable CUDA device (or no pycuda); the message says which."""
+
+
+def open_context() -> tuple[Any, Any]:
+    """``(pycuda.driver, context)`` on device 0, pushed; raises ``NoGpuError`` with the reason."""
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        raise NoGpuError("pycuda not installed") from None
+    try:
+        cuda.init()
+        if cuda.Device.count() == 0:
+            raise NoGpuError("no CUDA device")
+    except cuda.Error as e:
+        raise NoGpuError(f"no usable CUDA device ({e})") from None
+    return cuda, cuda.Device(0).make_context()
+
+
 def fatbin_path() -> Path:
     env = os.environ.get(FATBIN_ENV)
     return Path(env) if env else BUILD_DIR / FATBIN_NAME
