@@ -136,10 +136,7 @@ def decode_image(
         ) from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types for broken headers
         raise InputImageError(f"{name}: unreadable {fmt} header ({type(e).__name__})") from None
-    loaded = decode_pixels(data, name, fmt, (h, w), mode, model_hw, max_pixels)
-    if depth > 8 and "converted_to_8bit" not in loaded.notes:
-        loaded.notes.insert(0, "converted_to_8bit")
-    return loaded
+    return decode_pixels(data, name, fmt, (h, w), mode, depth, model_hw, max_pixels)
 
 
 def _bit_depth(data: bytes, fmt: str, im: Image.Image) -> int:
@@ -153,7 +150,7 @@ def _bit_depth(data: bytes, fmt: str, im: Image.Image) -> int:
 
 
 def mode_is_16(mode: str) -> bool:
-    return mode.startswith("I;16") or mode in ("I", "F")
+    return mode.startswith("I;16") or mode.endswith("16") or mode in ("I", "F")
 
 
 def decode_pixels(
@@ -162,6 +159,7 @@ def decode_pixels(
     fmt: str,
     hw: tuple[int, int],
     mode: str,
+    depth: int,
     model_hw: tuple[int, int] | None,
     max_pixels: int,
 ) -> LoadedImage:
@@ -180,16 +178,11 @@ def decode_pixels(
     notes: list[str] = []
     k = _reduction_for((h, w), model_hw) if fmt == "jpeg" else 1
     buf = np.frombuffer(data, dtype=np.uint8)
+    # IMREAD_COLOR (reduced or not) always gives 8-bit, 3-channel BGR
     frame = cv2.imdecode(buf, _REDUCED_FLAG[k] | cv2.IMREAD_IGNORE_ORIENTATION)
     if frame is None:
         raise InputImageError(f"{name}: cannot decode {fmt} data (corrupt file)")
-    if frame.ndim == 2:
-        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    if frame.dtype != np.uint8:  # pragma: no cover - IMREAD_COLOR already gives 8 bit
-        frame = (
-            (frame // 257).astype(np.uint8) if frame.dtype == np.uint16 else frame.astype(np.uint8)
-        )
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F") or mode.endswith("16"):
+    if depth > 8:
         notes.append("converted_to_8bit")
     if mode in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I", "F"):
         notes.append("greyscale_input")
@@ -263,18 +256,12 @@ def load_overlay_frame(path: str | os.PathLike, result, max_side: int = 2048) ->
                 break
     if fmt == "dicom":
         frame = decode_image(data, str(path)).frame
-    else:
+    else:  # IMREAD_COLOR: 8-bit, 3-channel BGR whatever the file holds
         frame = cv2.imdecode(
             np.frombuffer(data, np.uint8), _REDUCED_FLAG[k] | cv2.IMREAD_IGNORE_ORIENTATION
         )
         if frame is None:
             raise InputImageError(f"{path}: cannot decode for the overlay")
-    if frame.ndim == 2:
-        frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-    if frame.dtype != np.uint8:
-        frame = (frame // 257).astype(np.uint8)
-    if frame.shape[2] == 4:
-        frame = frame[:, :, :3]
     fh, fw = frame.shape[:2]
     if max_side and max(fh, fw) > max_side:
         s = max_side / max(fh, fw)

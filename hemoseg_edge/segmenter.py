@@ -157,7 +157,7 @@ class Segmenter:
     # --- public API ---------------------------------------------------------------------------
     def segment(self, image: ImageLike) -> SegmentationResult:
         image, pre, timings = self._load_and_preprocess(image)
-        return self._infer_and_finish(image, pre, timings)
+        return self._finish(*self._infer(image, pre, timings))
 
     def segment_batch(
         self, images: Iterable[ImageLike], prefetch: int = 2
@@ -178,14 +178,21 @@ class Segmenter:
         scratch = _Scratch()  # used by the single postprocessing thread only
         pending: deque[tuple[ImageLike, Future]] = deque()
 
+        def infer_stage(loaded: Future):
+            return self._infer(*loaded.result())
+
+        def post_stage(inferred: Future) -> SegmentationResult:
+            image, pre, timings, prob = inferred.result()
+            return self._finish(image, pre, timings, prob, scratch.get(pre.geometry.original_hw))
+
         def submit() -> bool:
             try:
                 item = next(items)
             except StopIteration:
                 return False
             loaded = loader.submit(self._load_and_preprocess, item)
-            inferred = infer.submit(self._infer_stage, loaded)
-            pending.append((item, post.submit(self._post_stage, inferred, scratch)))
+            inferred = infer.submit(infer_stage, loaded)
+            pending.append((item, post.submit(post_stage, inferred)))
             return True
 
         try:
@@ -205,20 +212,6 @@ class Segmenter:
             for pool in (loader, infer, post):
                 pool.shutdown(wait=True)
 
-    def _infer_stage(self, loaded: Future):
-        image, pre, timings = loaded.result()
-        t = time.perf_counter()
-        prob = self.backend.run(pre.tensor)[0, 0]
-        timings["inference"] = 1000 * (time.perf_counter() - t)
-        return image, pre, timings, prob
-
-    def _post_stage(self, inferred: Future, scratch: _Scratch) -> SegmentationResult:
-        image, pre, timings, prob = inferred.result()
-        buf = scratch.get(pre.geometry.original_hw)
-        result = self.postprocess(prob, pre, image, timings, buf)
-        timings["total"] = sum(v for k, v in timings.items() if k != "total")
-        return result
-
     def _load_and_preprocess(self, image: ImageLike):
         t0 = time.perf_counter()
         loaded = self.load(image)
@@ -227,13 +220,21 @@ class Segmenter:
         t2 = time.perf_counter()
         return loaded, pre, {"decode": 1000 * (t1 - t0), "preprocess": 1000 * (t2 - t1)}
 
-    def _infer_and_finish(
-        self, image: LoadedImage, pre: Preprocessed, timings: dict[str, float]
-    ) -> SegmentationResult:
+    def _infer(self, image: LoadedImage, pre: Preprocessed, timings: dict[str, float]):
         t = time.perf_counter()
         prob = self.backend.run(pre.tensor)[0, 0]
         timings["inference"] = 1000 * (time.perf_counter() - t)
-        result = self.postprocess(prob, pre, image, timings)
+        return image, pre, timings, prob
+
+    def _finish(
+        self,
+        image: LoadedImage,
+        pre: Preprocessed,
+        timings: dict[str, float],
+        prob: np.ndarray,
+        scratch: np.ndarray | None = None,
+    ) -> SegmentationResult:
+        result = self.postprocess(prob, pre, image, timings, scratch)
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
         return result
 
