@@ -15,14 +15,14 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml
 	touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e ".[dev,train,openvino,service,engines]"
+	$(BIN)/pip install -q -e ".[dev,train,openvino,nncf,service,engines]"
 	$(BIN)/python tools/install_trt_stubs.py
 	touch $@ $(VENV)/.runtime
 
 ## demo: runtime-only venv, then segment the sample image into out/demo (exit 4 = flagged, ok)
 demo: $(VENV)/.runtime
 	$(BIN)/hemoseg-edge segment examples/IDRiD_55.jpg --out out/demo $(if $(MODEL),--model $(MODEL)) || [ $$? -eq 4 ]
-	@echo "see out/demo/IDRiD_55_overlay.png, IDRiD_55_mask.png, IDRiD_55.json, report.csv"
+	@echo "see out/demo/IDRiD_55_overlay.jpg, IDRiD_55_mask.png, IDRiD_55.json, report.csv"
 
 ## build: CUDA preprocessing kernel (host library always; fatbin when nvcc is present)
 build:

@@ -1,13 +1,25 @@
-"""JPEG path -> ``SegmentationResult`` through the default CPU path (the shipped FP32 model,
-backend "auto"): one image at a time, the batch pipeline, and the batch pipeline plus the CLI's
-output files (group "end-to-end"; every round processes the same N images)."""
+"""JPEG path -> ``SegmentationResult`` through the default CPU path: the model variant and
+backend that ``hemoseg-edge segment`` picks without ``--model`` (``Segmenter.default_model``),
+tuned as the CLI tunes it (latency for one image, throughput for several). Group "end-to-end";
+every round processes the same N full-size images.
+
+The batch benchmarks measure their own yardstick, *paired*: before each timed round (in
+pytest-benchmark's untimed ``setup``) the same backend runs pure inference on N preprocessed
+tensors, tuned both ways. Each round's ratio is its end-to-end rate over the better of those two
+inference rates measured just before it, so a host whose speed drifts (shared, throttled) moves
+both sides together. ``paired_ratio`` is the median of those ratios.
+"""
 
 from __future__ import annotations
 
 import itertools
+import statistics
+import time
 
+import numpy as np
 import pytest
-from benchlib import FP32, n_images, rounds
+from bench_inference import runner
+from benchlib import default_segmenter, n_images, rounds
 
 from hemoseg_edge.errors import HemosegError
 from hemoseg_edge.segmenter import Segmenter
@@ -16,9 +28,16 @@ GROUP = "end-to-end"
 
 
 @pytest.fixture(scope="module")
-def seg(models, images) -> Segmenter:
-    s = Segmenter.from_engine(models.path(FP32), backend="auto")
+def single_seg(models, images) -> Segmenter:
+    s = default_segmenter(models, throughput=False)
     s.segment(images[0])  # warm up (first-call allocations)
+    return s
+
+
+@pytest.fixture(scope="module")
+def batch_seg(models, images) -> Segmenter:
+    s = default_segmenter(models, throughput=True)
+    list(s.segment_batch(images[:2]))
     return s
 
 
@@ -28,58 +47,99 @@ def paths(images) -> list:
     return list(itertools.islice(itertools.cycle(images), n))
 
 
-def _record(benchmark, seg: Segmenter, paths: list, mode: str, models) -> None:
-    benchmark.extra_info.update(
+class PairedInference:
+    """Pure-inference rates (images/s) measured right before each timed round."""
+
+    def __init__(self, segs: list[Segmenter], tensor: np.ndarray, n: int):
+        self.runs = [runner(s.backend, tensor) for s in segs]
+        self.n = n
+        self.rates: list[float] = []
+
+    def measure(self) -> None:
+        best = 0.0
+        for run, per_call in self.runs:
+            run()  # warm: the pipeline may have left the other tuning's threads asleep
+            calls = max(1, self.n // per_call)
+            t = time.perf_counter()
+            for _ in range(calls):
+                run()
+            best = max(best, calls * per_call / (time.perf_counter() - t))
+        self.rates.append(best)
+
+
+def _record(benchmark, seg: Segmenter, paths: list, mode: str, models, paired=None) -> None:
+    ei = benchmark.extra_info
+    ei.update(
         mode=mode,
         images_per_round=len(paths),
         images_per_s=round(len(paths) / benchmark.stats.stats.median, 3),
         backend=seg.backend.name,
         providers=",".join(seg.backend.providers),
+        model=seg.source.rsplit("/", 1)[-1],
         real_model=models.real,
     )
+    if paired is not None:
+        times = benchmark.stats.stats.data  # seconds per round, in round order
+        e2e = [len(paths) / t for t in times]
+        ratios = [a / b for a, b in zip(e2e, paired.rates, strict=True)]
+        ei.update(
+            paired_inference_images_per_s=[round(r, 3) for r in paired.rates],
+            paired_e2e_images_per_s=[round(r, 3) for r in e2e],
+            paired_ratios=[round(r, 3) for r in ratios],
+            paired_ratio=round(statistics.median(ratios), 3),
+            paired_inference_median=round(statistics.median(paired.rates), 3),
+        )
 
 
-def bench_single(benchmark, seg, paths, models):
-    """``segment`` image after image: no overlap."""
+def _paired(single_seg, batch_seg, paths) -> PairedInference:
+    tensor = single_seg.preprocess(single_seg.load(paths[0])).tensor
+    return PairedInference([single_seg, batch_seg], tensor, len(paths))
+
+
+def bench_single(benchmark, single_seg, paths, models):
+    """``segment`` image after image (latency tuning): no overlap."""
     benchmark.group = GROUP
 
     def run():
-        return [seg.segment(p) for p in paths]
+        return [single_seg.segment(p) for p in paths]
 
     benchmark.pedantic(run, rounds=rounds(3, 1))
-    _record(benchmark, seg, paths, "single", models)
+    _record(benchmark, single_seg, paths, "single", models)
 
 
-def bench_batch(benchmark, seg, paths, models):
-    """``segment_batch``: decode+preprocess, inference and postprocess overlap."""
+def bench_batch(benchmark, single_seg, batch_seg, paths, models):
+    """``segment_batch`` (throughput tuning): decode+preprocess, inference streams and
+    postprocess overlap. Paired with pure inference (module docstring)."""
     benchmark.group = GROUP
+    paired = _paired(single_seg, batch_seg, paths)
 
     def run():
-        out = list(seg.segment_batch(paths, prefetch=2))
+        out = list(batch_seg.segment_batch(paths, prefetch=2))
         assert not any(isinstance(r, HemosegError) for _, r in out)
         return out
 
-    benchmark.pedantic(run, rounds=rounds(3, 1))
-    _record(benchmark, seg, paths, "batch", models)
+    benchmark.pedantic(run, setup=paired.measure, rounds=rounds(6, 2))
+    _record(benchmark, batch_seg, paths, "batch", models, paired)
 
 
-def bench_batch_with_outputs(benchmark, seg, paths, models, tmp_path):
-    """What ``hemoseg-edge segment`` does: the batch pipeline plus mask/overlay/JSON files
-    written by a bounded writer pool (``pipeline.write_behind``)."""
+def bench_batch_with_outputs(benchmark, single_seg, batch_seg, paths, models, tmp_path):
+    """What ``hemoseg-edge segment`` does for several images: the batch pipeline plus the mask
+    PNG, overlay JPEG and JSON written by a bounded writer pool (``pipeline.write_behind``)."""
     from hemoseg_edge.cli import write_outputs
     from hemoseg_edge.pipeline import write_behind
 
     benchmark.group = GROUP
     counter = itertools.count()
+    paired = _paired(single_seg, batch_seg, paths)
 
     def run():
         jobs = write_behind(
-            seg.segment_batch(paths, prefetch=2),
+            batch_seg.segment_batch(paths, prefetch=2),
             lambda path, res, stem: write_outputs(res, path, tmp_path, stem, 2048),
             prepare=lambda path: f"{path.stem}_{next(counter)}",
         )
         for _, _, fut in jobs:
             fut.result()
 
-    benchmark.pedantic(run, rounds=rounds(3, 1))
-    _record(benchmark, seg, paths, "batch+outputs", models)
+    benchmark.pedantic(run, setup=paired.measure, rounds=rounds(4, 1))
+    _record(benchmark, batch_seg, paths, "batch+outputs", models, paired)

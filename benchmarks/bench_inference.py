@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from benchlib import VARIANTS, Variant, load_or_skip, rounds, skip_reason
+from benchlib import ONE_AT_A_TIME, VARIANTS, Variant, load_or_skip, rounds, skip_reason
 
 _CHILD = r"""
 import json, sys, time
@@ -38,30 +38,52 @@ def _variant_or_skip(v: Variant, models):
     return models.path(v.file)
 
 
+def runner(be, x: np.ndarray):
+    """``(run, images per call)``: one inference, or for a backend with several requests
+    (``concurrency`` > 1) two per request, all in flight at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if be.concurrency <= 1:
+        return (lambda: be.run(x)), 1
+    pool = ThreadPoolExecutor(be.concurrency, thread_name_prefix="bench-infer")
+    n = 2 * be.concurrency
+
+    def run():
+        outs = list(pool.map(lambda _: be.run(x), range(n)))
+        return outs[-1]
+
+    return run, n
+
+
 @pytest.mark.parametrize("v", VARIANTS, ids=lambda v: v.id)
 def bench_inference(benchmark, v: Variant, models, model_input):
+    """Per round: one image (latency tuning) or ``2 x concurrency`` images at once (throughput
+    tuning); ``images_per_s`` and the report's per-image times divide by that count."""
     path = _variant_or_skip(v, models)
     t = time.perf_counter()
     be = load_or_skip(v, path)
     load_s = time.perf_counter() - t
     x = model_input
-    be.run(x)  # first call: lazy allocations, JIT
+    run, per_round = runner(be, x)
+    run()  # first call: lazy allocations, JIT
     benchmark.group = "inference"
     benchmark.extra_info.update(
         backend=v.backend,
         precision=v.precision,
+        mode="throughput" if v.throughput else "latency",
         providers=",".join(be.providers),
         model=path.name,
         real_model=models.real,
         load_s=round(load_s, 3),
+        images_per_round=per_round,
     )
-    out = benchmark.pedantic(be.run, args=(x,), rounds=rounds(10, 3), warmup_rounds=1)
+    out = benchmark.pedantic(run, rounds=rounds(10, 3), warmup_rounds=1)
     assert out.shape == x.shape and np.isfinite(out).all()
-    benchmark.extra_info["images_per_s"] = round(1.0 / benchmark.stats.stats.median, 3)
+    benchmark.extra_info["images_per_s"] = round(per_round / benchmark.stats.stats.median, 3)
     be.close()
 
 
-@pytest.mark.parametrize("v", VARIANTS, ids=lambda v: v.id)
+@pytest.mark.parametrize("v", ONE_AT_A_TIME, ids=lambda v: v.id)
 def bench_memory(benchmark, v: Variant, models):
     """Peak RSS of a fresh process that loads the model and runs it twice (psutil polls it from
     outside; ``VmHWM`` from inside, exact, Linux only); the time is that cold start."""

@@ -5,10 +5,19 @@ Runtime model; plus each variant's mask agreement (Dice) with the reference's ma
 from __future__ import annotations
 
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 import pytest
-from benchlib import REFERENCE, VARIANTS, Variant, he_mask_path, n_images, skip_reason
+from benchlib import (
+    ONE_AT_A_TIME,
+    REFERENCE,
+    Variant,
+    default_segmenter,
+    he_mask_path,
+    n_images,
+    skip_reason,
+)
 from PIL import Image
 
 from hemoseg_edge.errors import BackendUnavailableError, HemosegError
@@ -48,6 +57,10 @@ def evaluate(v: Variant, models, cases) -> tuple[Counts, list[np.ndarray]]:
         seg = Segmenter.from_engine(models.path(v.file), backend=v.backend, **v.options)
     except BackendUnavailableError as e:
         pytest.skip(str(e))
+    return pooled(seg, cases)
+
+
+def pooled(seg: Segmenter, cases) -> tuple[Counts, list[np.ndarray]]:
     total, packed = Counts(0, 0, 0, 0), []
     for path, res in seg.segment_batch(cases, prefetch=2):
         if isinstance(res, HemosegError):
@@ -66,28 +79,45 @@ def reference(models, cases):
     return evaluate(REFERENCE, models, cases)
 
 
-@pytest.mark.parametrize("v", VARIANTS, ids=lambda v: v.id)
+@pytest.mark.parametrize("v", ONE_AT_A_TIME, ids=lambda v: v.id)
 def bench_parity(benchmark, v: Variant, models, cases, reference):
     why = skip_reason(v, models)
     if why:
         pytest.skip(why)
     benchmark.group = "parity"
-    ref_counts, ref_masks = reference
     if v == REFERENCE:
-        counts, masks = benchmark.pedantic(lambda: reference, rounds=1, iterations=1)
+        result = benchmark.pedantic(lambda: reference, rounds=1, iterations=1)
     else:
-        counts, masks = benchmark.pedantic(evaluate, args=(v, models, cases), rounds=1)
+        result = benchmark.pedantic(evaluate, args=(v, models, cases), rounds=1)
+    record(benchmark, result, reference, len(cases), v.backend, v.precision, v.file, v.id)
+
+
+def bench_parity_default_cpu_path(benchmark, models, cases, reference):
+    """What ``hemoseg-edge segment`` runs for several images (default model variant, backend
+    "auto", throughput tuning): the numbers behind the end-to-end group."""
+    benchmark.group = "parity"
+    seg = default_segmenter(models, throughput=True)
+    result = benchmark.pedantic(pooled, args=(seg, cases), rounds=1)
+    precision = seg.metadata.precision
+    name = Path(seg.source).name
+    record(benchmark, result, reference, len(cases), seg.backend.name, precision, name, "")
+
+
+def record(benchmark, result, reference, images, backend, precision, model, vid) -> None:
+    """Store the variant's pooled Dice/IoU and agreement next to the reference; assert."""
+    counts, masks = result
+    ref_counts, ref_masks = reference
     agree = Counts(0, 0, 0, 0)
     for a, b in zip(masks, ref_masks, strict=True):
         agree = agree + confusion(np.unpackbits(a), np.unpackbits(b))
-    tol = TOLERANCE_TRT_FP32 if v.id == "tensorrt-fp32" else TOLERANCE[v.precision]
+    tol = TOLERANCE_TRT_FP32 if vid == "tensorrt-fp32" else TOLERANCE[precision]
     d, i = dice(counts), iou(counts)
     d_ref, i_ref = dice(ref_counts), iou(ref_counts)
     benchmark.extra_info.update(
-        backend=v.backend,
-        precision=v.precision,
-        model=v.file,
-        images=len(cases),
+        backend=backend,
+        precision=precision,
+        model=model,
+        images=images,
         dice=round(d, 5),
         iou=round(i, 5),
         reference_dice=round(d_ref, 5),

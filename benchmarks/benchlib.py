@@ -70,16 +70,18 @@ def he_mask_path(image: Path) -> Path:
 
 @dataclass(frozen=True)
 class Variant:
-    """One backend x precision to benchmark."""
+    """One backend x precision to benchmark; ``throughput``: the backend tuned for many images
+    (OpenVINO streams, ``Backend.concurrency`` requests in flight) instead of one at a time."""
 
     backend: str
     precision: str
     file: str
     options: dict = field(default_factory=dict)
+    throughput: bool = False
 
     @property
     def id(self) -> str:
-        return f"{self.backend}-{self.precision}"
+        return f"{self.backend}-{self.precision}" + ("-throughput" if self.throughput else "")
 
 
 VARIANTS = (
@@ -89,12 +91,16 @@ VARIANTS = (
     Variant("openvino", "fp32", FP32, {"precision": "fp32"}),
     Variant("openvino", "bf16", FP32, {"precision": "bf16"}),
     Variant("openvino", "int8", INT8, {"precision": "auto"}),
+    Variant("openvino", "bf16", FP32, {"precision": "bf16"}, throughput=True),
+    Variant("openvino", "int8", INT8, {"precision": "auto"}, throughput=True),
     # TensorRT builds (and caches) an engine from each ONNX; precision follows the ONNX types
     Variant("tensorrt", "fp32", FP32),
     Variant("tensorrt", "fp16", FP16),
     Variant("tensorrt", "int8", INT8),
 )
 REFERENCE = VARIANTS[0]
+# memory and parity do not depend on latency vs throughput tuning
+ONE_AT_A_TIME = tuple(v for v in VARIANTS if not v.throughput)
 
 
 @dataclass
@@ -137,9 +143,23 @@ def load_or_skip(v: Variant, path: Path):
     from hemoseg_edge.errors import BackendUnavailableError
 
     try:
-        return load_backend(v.backend, path.read_bytes(), str(path), **v.options)
+        return load_backend(
+            v.backend, path.read_bytes(), str(path), throughput=v.throughput, **v.options
+        )
     except BackendUnavailableError as e:
         pytest.skip(str(e))
+
+
+def default_segmenter(models: ModelSet, throughput: bool):
+    """What ``hemoseg-edge segment`` loads without ``--model``: the shipped model in the
+    variant ``Segmenter.default_model`` picks for this CPU (the tiny fallback when the real
+    models are absent); ``throughput`` as the CLI sets it for several images."""
+    from hemoseg_edge.segmenter import Segmenter
+
+    if not models.real:
+        return Segmenter.from_engine(models.fallback, backend="auto", throughput=throughput)
+    os.environ["HEMOSEG_ENGINES"] = str(models.dir)  # searched first by default_model
+    return Segmenter.from_engine(None, backend="auto", throughput=throughput)
 
 
 def make_fallback_model(folder: Path) -> Path:

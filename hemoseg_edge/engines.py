@@ -15,6 +15,8 @@ from pathlib import Path
 from .errors import ModelError
 
 DEFAULT_MODEL = "hemoseg_unet_v1.onnx"
+# The INT8 (Q/DQ) variant: the default where OpenVINO runs it natively (see Segmenter)
+DEFAULT_INT8_MODEL = "hemoseg_unet_v1_int8.onnx"
 MANIFEST = "manifest.json"
 
 
@@ -27,12 +29,12 @@ def engines_dirs() -> list[Path]:
     return dirs
 
 
-def default_model_path() -> Path:
+def default_model_path(name: str = DEFAULT_MODEL) -> Path:
     for d in engines_dirs():
-        if (d / DEFAULT_MODEL).is_file():
-            return d / DEFAULT_MODEL
+        if (d / name).is_file():
+            return d / name
     raise ModelError(
-        f"no default model: {DEFAULT_MODEL} not found in "
+        f"no default model: {name} not found in "
         + ", ".join(str(d) for d in engines_dirs())
         + " (train and export one, or pass a model path)"
     )

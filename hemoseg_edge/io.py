@@ -236,10 +236,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, _w)
 
 
-def encode_png(image: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", image)
+def encode_png(image: np.ndarray, bilevel: bool = False) -> bytes:
+    """PNG bytes; ``bilevel``: a 0/255 mask stored as 1 bit per pixel (smaller, ~2x faster;
+    OpenCV reads it back as 0/255 uint8)."""
+    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_BILEVEL, 1] if bilevel else [])
     if not ok:  # pragma: no cover
         raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 92) -> bytes:
+    """JPEG bytes without chroma subsampling (thin coloured outlines stay sharp); ~10x faster
+    than PNG for a 2048 px photograph, and a quarter of the size."""
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality]
+    params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+    ok, buf = cv2.imencode(".jpg", image, params)
+    if not ok:  # pragma: no cover
+        raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
 
 

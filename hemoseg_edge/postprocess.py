@@ -7,7 +7,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from .preprocess import Geometry
+from .preprocess import Geometry, back_map, padded_map
 from .result import Lesion
 
 Window = tuple[int, int, int, int]  # x0, y0, x1, y1 in original pixels (x1, y1 exclusive)
@@ -24,41 +24,66 @@ def _span(n: int, start: int, stop: int) -> tuple[int, int]:
     return r.start, max(r.start, r.stop)
 
 
-@lru_cache(maxsize=4)  # ~10 MB each at 12 Mpx
-def fov_disc(geometry: Geometry) -> tuple[Window, np.ndarray, int]:
-    """``geometry.fov_mask()`` as (its box, the mask inside the box, its area), cached per
-    geometry (images from one camera share it); equal to the full-size mask pixel for pixel."""
+def fov_box(geometry: Geometry) -> Window:
+    """The crop box in whole original pixels (outward rounding, clipped): the FOV disc of
+    ``geometry.fov_mask()`` lies inside it."""
     oh, ow = geometry.original_hw
     x0, y0, x1, y1 = geometry.box
     ya, yb = _span(oh, int(np.floor(y0)), int(np.ceil(y1)))
     xa, xb = _span(ow, int(np.floor(x0)), int(np.ceil(x1)))
-    disc = np.zeros((yb - ya, xb - xa), dtype=np.uint8)
-    cx, cy = geometry.fov_center
-    centre = (round(cx) - xa, round(cy) - ya)  # integer shift: the same rasterised disc
-    cv2.circle(disc, centre, max(1, round(geometry.fov_radius)), 1, thickness=-1)
-    disc = disc.astype(bool)
-    disc.setflags(write=False)
-    return (xa, ya, xb, yb), disc, int(np.count_nonzero(disc))
+    return xa, ya, xb, yb
 
 
-def _candidate_window(prob: np.ndarray, geometry: Geometry, threshold: float) -> Window | None:
-    """Original-pixel window outside which the back-mapped ``prob`` stays below ``threshold``
-    (None: nowhere); generous by one model pixel plus two original pixels on every side."""
-    near = prob >= threshold - _NEAR_MARGIN
-    rows = np.flatnonzero(near.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(near.any(axis=0))
+def fov_disc_in(geometry: Geometry, window: Window) -> np.ndarray:
+    """``geometry.fov_mask()[y0:y1, x0:x1]`` for ``window``, drawn in the window alone: the
+    disc is rasterised with its centre shifted by whole pixels, which draws the same pixels."""
+    x0, y0, x1, y1 = window
+    disc = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
+    inside = _intersect(window, fov_box(geometry))
+    if inside is not None:
+        cx, cy = geometry.fov_center
+        centre = (round(cx) - x0, round(cy) - y0)
+        cv2.circle(disc, centre, max(1, round(geometry.fov_radius)), 1, thickness=-1)
+        ix0, iy0, ix1, iy1 = (v - o for v, o in zip(inside, (x0, y0, x0, y0), strict=True))
+        disc[:iy0] = 0
+        disc[iy1:] = 0
+        disc[:, :ix0] = 0
+        disc[:, ix1:] = 0
+    else:
+        disc[:] = 0
+    return disc.view(bool)
+
+
+_STRIP_ROWS = 64
+
+
+@lru_cache(maxsize=64)
+def fov_area(geometry: Geometry) -> int:
+    """Pixels in ``geometry.fov_mask()``, counted strip by strip (``fov_disc_in``), so no
+    full-size image is drawn; cached per geometry (images from one camera share it)."""
+    xa, ya, xb, yb = fov_box(geometry)
+    return sum(
+        cv2.countNonZero(
+            fov_disc_in(geometry, (xa, y, xb, min(yb, y + _STRIP_ROWS))).view(np.uint8)
+        )
+        for y in range(ya, yb, _STRIP_ROWS)
+    )
+
+
+def _model_to_window(geometry: Geometry, c0: int, r0: int, c1: int, r1: int) -> Window:
+    """Original-pixel window whose bilinear samples can touch model pixels ``c0..c1`` x
+    ``r0..r1`` (inclusive); generous by one model pixel plus two original pixels per side."""
     h, w = geometry.model_hw
     x0, y0, x1, y1 = geometry.box
     sx, sy = (x1 - x0) / w, (y1 - y0) / h
     # original pixel X samples model coordinate u = (X + 0.5 - x0) / sx - 0.5; it depends on
     # model pixels floor(u) and floor(u) + 1 only
-    wx0 = int(np.floor(x0 + (cols[0] - 1.5) * sx - 2.5))
-    wx1 = int(np.ceil(x0 + (cols[-1] + 2.5) * sx + 2.5))
-    wy0 = int(np.floor(y0 + (rows[0] - 1.5) * sy - 2.5))
-    wy1 = int(np.ceil(y0 + (rows[-1] + 2.5) * sy + 2.5))
-    return wx0, wy0, wx1, wy1
+    return (
+        int(np.floor(x0 + (c0 - 1.5) * sx - 2.5)),
+        int(np.floor(y0 + (r0 - 1.5) * sy - 2.5)),
+        int(np.ceil(x0 + (c1 + 2.5) * sx + 2.5)),
+        int(np.ceil(y0 + (r1 + 2.5) * sy + 2.5)),
+    )
 
 
 def _intersect(a: Window, b: Window) -> Window | None:
@@ -67,41 +92,87 @@ def _intersect(a: Window, b: Window) -> Window | None:
     return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
 
 
-def mask_and_window(
-    prob: np.ndarray, geometry: Geometry, threshold: float, scratch: np.ndarray | None = None
-) -> tuple[np.ndarray, Window | None]:
-    """``to_original_mask`` plus a window (even x0, y0) outside which the mask is all False.
+# Grouping works on cells of _CELL x _CELL model pixels, grown by _GROW cells. Near pixels of
+# two groups are then >= 2 * _CELL * _GROW + _CELL + 1 = 13 model pixels apart along some axis,
+# while a window reaches at most 5 model pixels beyond its near pixels (``_model_to_window``,
+# scale >= 1): windows of different groups never touch.
+_CELL, _GROW = 4, 1
 
-    Only the window is thresholded; an image with no model pixel near the threshold skips the
-    full-resolution warp. ``scratch``: a reusable float32 array of the original size.
+
+def _groups(near: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """Boxes ``(c0, r0, c1, r1)`` (inclusive, model pixels) of groups of near pixels: any two
+    near pixels at most 2 apart share a group, and different groups' windows never touch."""
+    # max over each cell: a dilation anchored at the cell's corner, sampled every _CELL pixels
+    cells = cv2.dilate(near, np.ones((_CELL, _CELL), np.uint8), anchor=(0, 0))[::_CELL, ::_CELL]
+    grown = cv2.dilate(cells, np.ones((2 * _GROW + 1, 2 * _GROW + 1), np.uint8))
+    while True:  # fill each component's bounding box until the components are rectangles
+        n, _, stats, _ = cv2.connectedComponentsWithStats(grown, connectivity=8)
+        boxes = np.zeros_like(grown)
+        for bx, by, bw, bh, _ in stats[1:]:
+            boxes[by : by + bh, bx : bx + bw] = 1
+        if np.array_equal(boxes, grown):
+            break
+        grown = boxes
+    out = []
+    for bx, by, bw, bh, _ in stats[1:]:
+        part = near[by * _CELL : (by + bh) * _CELL, bx * _CELL : (bx + bw) * _CELL]
+        rows = np.flatnonzero(part.any(axis=1))
+        cols = np.flatnonzero(part.any(axis=0))
+        c0, r0 = bx * _CELL + int(cols[0]), by * _CELL + int(rows[0])
+        out.append((c0, r0, bx * _CELL + int(cols[-1]), by * _CELL + int(rows[-1])))
+    return out
+
+
+def candidate_windows(prob: np.ndarray, geometry: Geometry, threshold: float) -> list[Window]:
+    """Disjoint original-pixel windows, inside the FOV box, outside which the back-mapped
+    ``prob`` stays below ``threshold``; no 8-connected lesion crosses a window's edge.
+
+    Any original pixel >= threshold has a "near" model neighbour (>= threshold - margin: the
+    bilinear value is a convex combination of its 4 samples). Two 8-adjacent original pixels
+    sample model pixels at most 2 apart when the map is enlarged (scale >= 1), so each lesion
+    lies in the window of one group of near pixels (``_groups``). When shrinking (scale < 1)
+    there is one window around everything.
     """
+    near = (prob >= threshold - _NEAR_MARGIN).view(np.uint8)
+    rows = np.flatnonzero(near.any(axis=1))
+    if rows.size == 0:
+        return []
+    cols = np.flatnonzero(near.any(axis=0))
+    h, w = geometry.model_hw
+    x0, y0, x1, y1 = geometry.box
+    box = fov_box(geometry)
+    if (x1 - x0) >= w and (y1 - y0) >= h:
+        groups = _groups(near)
+    else:
+        groups = [(int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))]
+    windows = [_intersect(_model_to_window(geometry, *g), box) for g in groups]
+    return sorted(win for win in windows if win is not None)
+
+
+def mask_and_windows(
+    prob: np.ndarray, geometry: Geometry, threshold: float
+) -> tuple[np.ndarray, list[Window]]:
+    """``to_original_mask`` plus the disjoint windows outside which the mask is all False
+    (``candidate_windows``): only those are back-mapped and thresholded."""
     oh, ow = geometry.original_hw
     mask = np.zeros((oh, ow), dtype=bool)
-    box, disc, _ = fov_disc(geometry)
-    cand = _candidate_window(prob, geometry, threshold)
-    win = _intersect(cand, box) if cand is not None else None
-    if win is None:
-        return mask, None
-    # the warp always covers the whole image: OpenCV's fixed-point sampling positions depend on
-    # the output origin and width, so a cropped warp could differ in the last bit
-    full = geometry.to_original(prob, out=scratch)
-    x0, y0, x1, y1 = win
-    sub = mask[y0:y1, x0:x1]
-    np.greater_equal(full[y0:y1, x0:x1], threshold, out=sub)
-    sub &= disc[y0 - box[1] : y1 - box[1], x0 - box[0] : x1 - box[0]]
-    # even start: connected-component labelling scans 2x2 blocks, keep their alignment
-    return mask, (x0 - x0 % 2, y0 - y0 % 2, x1, y1)
+    windows = candidate_windows(prob, geometry, threshold)
+    padded = padded_map(prob, geometry.model_hw)
+    for win in windows:
+        x0, y0, x1, y1 = win
+        sub = mask[y0:y1, x0:x1]
+        np.greater_equal(back_map(geometry, padded, win), threshold, out=sub)
+        sub &= fov_disc_in(geometry, win)
+    return mask, windows
 
 
-def to_original_mask(
-    prob: np.ndarray, geometry: Geometry, threshold: float, scratch: np.ndarray | None = None
-) -> np.ndarray:
+def to_original_mask(prob: np.ndarray, geometry: Geometry, threshold: float) -> np.ndarray:
     """Threshold the back-mapped probability inside the field of view (bool, original size).
 
     Equal, pixel for pixel, to ``(geometry.to_original(prob) >= threshold) &
-    geometry.fov_mask()``; see ``mask_and_window``.
+    geometry.fov_mask()``; see ``mask_and_windows``.
     """
-    return mask_and_window(prob, geometry, threshold, scratch)[0]
+    return mask_and_windows(prob, geometry, threshold)[0]
 
 
 def quadrant_of(x: float, y: float, cx: float, cy: float) -> str:
@@ -113,46 +184,47 @@ def _bounding_window(mask: np.ndarray) -> Window | None:
     if rows.size == 0:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
-    x0, y0 = int(cols[0]), int(rows[0])
-    return x0 - x0 % 2, y0 - y0 % 2, int(cols[-1]) + 1, int(rows[-1]) + 1
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
+def lesion_order(lesion: Lesion) -> tuple:
+    """Largest first; ties by bounding box, then centroid (independent of labelling order)."""
+    return (-lesion.area_px, lesion.bbox[1], lesion.bbox[0], lesion.bbox[2:], lesion.centroid)
 
 
 def find_lesions(
-    mask: np.ndarray, geometry: Geometry, window: Window | None | bool = True
+    mask: np.ndarray, geometry: Geometry, windows: list[Window] | None = None
 ) -> list[Lesion]:
-    """8-connected components of the mask, largest first.
+    """8-connected components of the mask, in ``lesion_order``.
 
-    ``window``: the mask is all False outside it (``mask_and_window``); ``True``: find it;
-    ``None``: empty mask. Labelling only the window gives the same lesions, in the same order,
-    as labelling the whole mask (x0, y0 even; centroids recomputed from exact pixel sums).
+    ``windows``: disjoint boxes outside which the mask is all False and that no component
+    crosses (``mask_and_windows``); ``None``: the mask's bounding box. Labelling windows gives
+    the same lesions as labelling the whole mask (centroids rebuilt from exact pixel sums).
     """
-    if window is True:
-        window = _bounding_window(mask)
-    if window is None:
-        return []
-    x0, y0, x1, y1 = window
-    if x0 % 2 or y0 % 2:
-        raise ValueError(f"window {window} must start at even coordinates")
-    sub = mask[y0:y1, x0:x1]
-    sub = sub.view(np.uint8) if sub.dtype == bool else sub.astype(np.uint8)
-    n, _, stats, cents = cv2.connectedComponentsWithStats(sub, connectivity=8)
+    if windows is None:
+        bounding = _bounding_window(mask)
+        windows = [bounding] if bounding is not None else []
     cx, cy = geometry.fov_center
     lesions = []
-    for i in range(1, n):
-        area = int(stats[i, cv2.CC_STAT_AREA])
-        # OpenCV's centroid is double(sum of coordinates) / area: rebuild the whole-image sums
-        ux = (round(float(cents[i, 0]) * area) + area * x0) / area
-        uy = (round(float(cents[i, 1]) * area) + area * y0) / area
-        bx, by, bw, bh = (int(v) for v in stats[i, :4])
-        lesions.append(
-            Lesion(
-                area_px=area,
-                centroid=(round(ux, 1), round(uy, 1)),
-                bbox=(bx + x0, by + y0, bw, bh),
-                quadrant=quadrant_of(ux, uy, cx, cy),
+    for x0, y0, x1, y1 in windows:
+        sub = mask[y0:y1, x0:x1]
+        sub = sub.view(np.uint8) if sub.dtype == bool else sub.astype(np.uint8)
+        n, _, stats, cents = cv2.connectedComponentsWithStats(sub, connectivity=8)
+        for i in range(1, n):
+            area = int(stats[i, cv2.CC_STAT_AREA])
+            # OpenCV's centroid is double(sum of coordinates) / area: rebuild whole-image sums
+            ux = (round(float(cents[i, 0]) * area) + area * x0) / area
+            uy = (round(float(cents[i, 1]) * area) + area * y0) / area
+            bx, by, bw, bh = (int(v) for v in stats[i, :4])
+            lesions.append(
+                Lesion(
+                    area_px=area,
+                    centroid=(round(ux, 1), round(uy, 1)),
+                    bbox=(bx + x0, by + y0, bw, bh),
+                    quadrant=quadrant_of(ux, uy, cx, cy),
+                )
             )
-        )
-    return sorted(lesions, key=lambda les: -les.area_px)
+    return sorted(lesions, key=lesion_order)
 
 
 def render_overlay(bgr: np.ndarray, mask: np.ndarray, summary: str | None = None) -> np.ndarray:

@@ -19,7 +19,8 @@ this module. Its arithmetic, exactly:
    ``[x0 + i*sx, x0 + (i+1)*sx) x [y0 + j*sy, y0 + (j+1)*sy)`` with ``sx = (x1-x0)/W``,
    ``sy = (y1-y0)/H``. The weight of source column ``c`` is
    ``max(0, min(b, c+1) - max(a, c)) / sx`` for the footprint ``[a, b)``, likewise for rows; the
-   filter is separable: ``out = Wy @ g @ Wx.T``, float32, accumulated in float32. (For shrinking
+   filter is separable: ``out = Wy @ g @ Wx.T``, float32, accumulated in float32 (rows first,
+   then columns; only the non-zero taps are summed, in source order). (For shrinking
    this equals ``cv2.INTER_AREA``; unlike it, it is defined the same way for enlarging and for
    fractional boxes, which is what lets masks at full resolution share the exact geometry.)
 5. **Normalise.** ``x = clip(out / 255, 0, 1)`` -> float32, tensor layout NCHW ``(1, 1, H, W)``.
@@ -30,7 +31,10 @@ division, giving the fraction of each model pixel covered by lesion.
 Back-mapping (``Geometry.to_original``) is the inverse affine map, bilinear, with pixel centres
 at ``+0.5``: original pixel ``(X, Y)`` samples the model map at
 ``((X + 0.5 - X0) / sX - 0.5, (Y + 0.5 - Y0) / sY - 0.5)``, where ``X0..`` is the box in original
-pixels and ``sX = (X1 - X0) / W``; outside the box the value is 0.
+pixels and ``sX = (X1 - X0) / W``. Coordinates are float64, weights float32 (``1 - f`` and
+``f``), columns are blended first, then rows, in float32; model samples outside the map count
+as 0 (values fade to 0 within half a model pixel beyond the box). No fixed-point rounding, so
+any window of the map equals the same part of the whole map bit for bit.
 """
 
 from __future__ import annotations
@@ -59,6 +63,18 @@ class Fov:
     frame_fraction: float  # FOV area / frame area
 
 
+def _bilinear_taps(start: int, stop: int, box0: float, scale: float, n: int):
+    """For original pixels ``start..stop-1`` on one axis: the two model samples (indices into
+    the map padded by one zero on each side) and their float32 weights, from
+    ``u = (X + 0.5 - box0) / scale - 0.5`` in float64 (pixel centres at +0.5)."""
+    u = (np.arange(start, stop, dtype=np.float64) + 0.5 - box0) / scale - 0.5
+    lo = np.floor(u)
+    frac = u - lo
+    i0 = np.clip(lo.astype(np.int64) + 1, 0, n + 1)
+    i1 = np.clip(lo.astype(np.int64) + 2, 0, n + 1)
+    return i0, i1, (1.0 - frac).astype(np.float32), frac.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Geometry:
     """Everything needed to map between the original image and the model tensor."""
@@ -78,29 +94,19 @@ class Geometry:
             self.original_hw[0] / self.frame_hw[0],
         )
 
-    def to_original(self, model_map: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-        """Bilinearly map a model-resolution float map onto the original pixel grid (into
-        ``out``, a float32 array of the original size, when given: saves a 50 MB allocation)."""
-        h, w = self.model_hw
-        if model_map.shape != (h, w):
-            raise ValueError(f"map shape {model_map.shape} != model size {(h, w)}")
-        x0, y0, x1, y1 = self.box
-        sx, sy = (x1 - x0) / w, (y1 - y0) / h
-        # model coord = (X + 0.5 - x0)/sx - 0.5 ; as forward map model->original for warpAffine
-        m = np.array(
-            [[sx, 0.0, x0 + 0.5 * sx - 0.5], [0.0, sy, y0 + 0.5 * sy - 0.5]], dtype=np.float64
-        )
-        oh, ow = self.original_hw
-        out = cv2.warpAffine(
-            model_map.astype(np.float32, copy=False),
-            m,
-            (ow, oh),
-            dst=out,
-            flags=cv2.INTER_LINEAR,
-            borderMode=cv2.BORDER_CONSTANT,
-            borderValue=0.0,
-        )
-        return out
+    def to_original(
+        self,
+        model_map: np.ndarray,
+        out: np.ndarray | None = None,
+        window: tuple[int, int, int, int] | None = None,
+    ) -> np.ndarray:
+        """Bilinearly map a model-resolution float map onto the original pixel grid.
+
+        ``window`` ``(x0, y0, x1, y1)`` (original pixels, exclusive ends) computes only that
+        part; every pixel's value depends on its own coordinates alone, so a window equals the
+        same part of the whole map bit for bit. ``out``: a float32 array of the result's shape.
+        """
+        return back_map(self, padded_map(model_map, self.model_hw), window, out)
 
     def fov_mask(self) -> np.ndarray:
         """Boolean FOV disc (clipped to the crop box) on the original pixel grid."""
@@ -115,6 +121,48 @@ class Geometry:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def padded_map(model_map: np.ndarray, model_hw: tuple[int, int]) -> np.ndarray:
+    """The model map (float32) with one zero row/column on every side, for ``back_map``."""
+    h, w = model_hw
+    if model_map.shape != (h, w):
+        raise ValueError(f"map shape {model_map.shape} != model size {(h, w)}")
+    padded = np.zeros((h + 2, w + 2), np.float32)
+    padded[1:-1, 1:-1] = model_map
+    return padded
+
+
+def back_map(
+    geometry: Geometry,
+    padded: np.ndarray,
+    window: tuple[int, int, int, int] | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """``Geometry.to_original`` on a ``padded_map`` (pad once, map many windows)."""
+    h, w = geometry.model_hw
+    oh, ow = geometry.original_hw
+    wx0, wy0, wx1, wy1 = window if window is not None else (0, 0, ow, oh)
+    bx0, by0, bx1, by1 = geometry.box
+    cols = _bilinear_taps(wx0, wx1, bx0, (bx1 - bx0) / w, w)
+    rows = _bilinear_taps(wy0, wy1, by0, (by1 - by0) / h, h)
+    shape = (wy1 - wy0, wx1 - wx0)
+    if out is None:
+        out = np.empty(shape, np.float32)
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {shape}")
+    # columns first, on the few model rows the window needs; then rows (contiguous gathers)
+    lo, hi = int(rows[0].min(initial=0)), int(rows[1].max(initial=0)) + 1
+    part = padded[lo:hi]
+    c = part[:, cols[0]] * cols[2]
+    c += part[:, cols[1]] * cols[3]
+    r0, r1 = rows[0] - lo, rows[1] - lo
+    step = max(1, (1 << 20) // max(1, shape[1]))  # ~1 Mpx of temporaries at a time
+    for a in range(0, shape[0], step):
+        b = min(shape[0], a + step)
+        np.multiply(c[r0[a:b]], rows[2][a:b, None], out=out[a:b])
+        out[a:b] += c[r1[a:b]] * rows[3][a:b, None]
+    return out
 
 
 @dataclass(frozen=True)
@@ -224,19 +272,46 @@ def area_weights(start: float, stop: float, dst_len: int) -> tuple[int, np.ndarr
     return first, w.astype(np.float32)
 
 
+@lru_cache(maxsize=64)
+def _area_taps(start: float, stop: float, dst_len: int) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """``area_weights`` as taps: ``(first, n, idx, w)``: ``n`` source pixels from ``first``,
+    ``idx[j, k]`` the source offsets and ``w[j, k]`` the weights of output ``j`` (zero-weight
+    padding where a row has fewer)."""
+    first, dense = area_weights(start, stop, dst_len)
+    nonzero = dense > 0
+    lo = nonzero.argmax(axis=1)
+    hi = dense.shape[1] - nonzero[:, ::-1].argmax(axis=1)
+    k = int((hi - lo).max())
+    want = lo[:, None] + np.arange(k)
+    idx = np.minimum(want, dense.shape[1] - 1)
+    w = np.where(want < hi[:, None], np.take_along_axis(dense, idx, axis=1), np.float32(0))
+    for arr in (idx, w):
+        arr.setflags(write=False)
+    return first, dense.shape[1], idx, w.astype(np.float32)
+
+
 def area_resample(
     plane: np.ndarray, box: tuple[float, float, float, float], out_hw: tuple[int, int]
 ) -> np.ndarray:
-    """Resample ``plane[box]`` to ``out_hw`` by exact area weighting (float32 result)."""
+    """Resample ``plane[box]`` to ``out_hw`` by exact area weighting (float32 result).
+
+    Rows first, then columns, each a sum over the few source pixels under the footprint
+    (``Wy @ g @ Wx.T`` without the zeros)."""
     x0, y0, x1, y1 = box
     h, w = out_hw
-    fy, wy = area_weights(float(y0), float(y1), int(h))
-    fx, wx = area_weights(float(x0), float(x1), int(w))
-    band = plane[fy : fy + wy.shape[1], fx : fx + wx.shape[1]]
-    if band.shape != (wy.shape[1], wx.shape[1]):
+    fy, ny, iy, wy = _area_taps(float(y0), float(y1), int(h))
+    fx, nx, ix, wx = _area_taps(float(x0), float(x1), int(w))
+    band = plane[fy : fy + ny, fx : fx + nx]
+    if band.shape != (ny, nx):
         raise ValueError(f"box {box} exceeds plane of shape {plane.shape}")
-    rows = wy @ band.astype(np.float32, copy=False)
-    return rows @ wx.T
+    band = band.astype(np.float32, copy=False)
+    rows = band[iy[:, 0]] * wy[:, :1]
+    for k in range(1, iy.shape[1]):
+        rows += band[iy[:, k]] * wy[:, k : k + 1]
+    out = rows[:, ix[:, 0]] * wx[:, 0]
+    for k in range(1, ix.shape[1]):
+        out += rows[:, ix[:, k]] * wx[:, k]
+    return out
 
 
 def preprocess_frame(
@@ -266,7 +341,11 @@ def preprocess_frame(
         fov_center=((fov.cx + 0.5) * sx - 0.5, (fov.cy + 0.5) * sy - 0.5),
         fov_radius=fov.radius * sx,
     )
-    stats = (float(crop.mean()), float(crop.std())) if crop.size else (0.0, 0.0)
+    if crop.size:  # population mean and std, as numpy's; ~10x faster on a 0.6 Mpx crop
+        mean, std = cv2.meanStdDev(np.ascontiguousarray(crop))
+        stats = (float(mean[0, 0]), float(std[0, 0]))
+    else:
+        stats = (0.0, 0.0)
     return Preprocessed(out[None, None], geometry, fov, stats)
 
 

@@ -11,6 +11,11 @@
   ``method="modelopt"`` uses NVIDIA ModelOpt (``modelopt.onnx.quantization``, entropy
   calibration), which must be installed in its own environment (it replaces onnxruntime with
   onnxruntime-gpu and pins an older onnx). ``check_trt_qdq_rules`` verifies the result.
+  ``method="nncf"`` uses OpenVINO's NNCF post-training quantization on the ONNX graph
+  (``PERFORMANCE`` preset: symmetric; the 1x1 head conv kept in float, without which the
+  masks collapse). NNCF also puts Q/DQ on Concat and MaxPool inputs; the result is for
+  OpenVINO, and is checked against the TensorRT rules only for the record. Measured against
+  the shipped ORT model in ``benchmarks/compare_int8.py``.
 
 Calibration uses training images only, through the runtime's own ``io.load_image`` +
 ``preprocess.preprocess_frame``; a path inside a folder named ``test`` is refused.
@@ -36,7 +41,7 @@ from .errors import HemosegError, ModelError
 from .metadata import PREFIX, ModelMetadata
 
 PRECISIONS = ("fp16", "int8")
-METHODS = ("ort", "modelopt")
+METHODS = ("ort", "modelopt", "nncf")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 DEFAULT_CALIB_COUNT = 16
 # Ops whose kernels are type-polymorphic over float16: the FP16 pass refuses anything else.
@@ -311,6 +316,29 @@ def _quantize_modelopt(src: Path, dst: Path, input_name: str, calib: np.ndarray)
     )
 
 
+def _quantize_nncf(src: Path, dst: Path, input_name: str, calib: np.ndarray) -> None:
+    try:
+        import nncf
+    except ImportError:
+        raise QuantizeError("method 'nncf' needs nncf: pip install 'hemoseg-edge[nncf]'") from None
+    model = onnx.load(src)
+    head = [n.name for n in model.graph.node if n.op_type == "Conv"][-1]
+    data = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))], lambda x: {input_name: x})
+    out = nncf.quantize(
+        model,
+        data,
+        preset=nncf.QuantizationPreset.PERFORMANCE,
+        target_device=nncf.TargetDevice.CPU,
+        subset_size=len(calib),
+        ignored_scope=nncf.IgnoredScope(names=[head]),
+    )
+    onnx.save(out, dst)
+
+
+_QUANTIZERS = {"ort": _quantize_ort, "modelopt": _quantize_modelopt, "nncf": _quantize_nncf}
+_METHOD_NAMES = {"ort": "ort-minmax", "modelopt": "modelopt-entropy", "nncf": "nncf-performance"}
+
+
 def to_int8(
     model: onnx.ModelProto,
     calib: np.ndarray,
@@ -330,16 +358,18 @@ def to_int8(
     with tempfile.TemporaryDirectory(prefix="hemoseg-quant-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
-        (_quantize_ort if method == "ort" else _quantize_modelopt)(src, dst, input_name, calib)
+        _QUANTIZERS[method](src, dst, input_name, calib)
         out = onnx.load(dst)
-    info = {
-        "method": "ort-minmax" if method == "ort" else "modelopt-entropy",
-        "images": int(len(calib)),
-        **(calib_info or {}),
-    }
-    counts = check_trt_qdq_rules(out, allow_float_convs=method == "modelopt")
-    if counts["float_conv"]:
-        info["float_convs"] = counts["float_conv"]
+    info = {"method": _METHOD_NAMES[method], "images": int(len(calib)), **(calib_info or {})}
+    try:
+        counts = check_trt_qdq_rules(out, allow_float_convs=method != "ort")
+    except QdqRuleError as e:
+        if method != "nncf":
+            raise
+        info["tensorrt_qdq_rules"] = f"not met: {e}"
+    else:
+        if counts["float_conv"]:
+            info["float_convs"] = counts["float_conv"]
     _set_precision(out, model, "int8", {"calibration": info})
     onnx.checker.check_model(out, full_check=True)
     return out

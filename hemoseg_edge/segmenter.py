@@ -13,16 +13,18 @@ from pathlib import Path
 import numpy as np
 
 from . import engine_file, quality
-from .backends import Backend, load_backend
-from .engines import default_model_path, verify_against_manifest
+from .backends import Backend, auto_choice, available, load_backend
+from .backends.openvino import cpu_flags
+from .engines import DEFAULT_INT8_MODEL, default_model_path, verify_against_manifest
 from .errors import HemosegError, ModelError
 from .io import LoadedImage, load_image, read_bytes
 from .metadata import ModelMetadata
-from .postprocess import find_lesions, fov_disc, mask_and_window
+from .postprocess import find_lesions, fov_area, mask_and_windows
 from .preprocess import Preprocessed, preprocess_frame
 from .result import SegmentationResult
 
 ImageLike = str | os.PathLike | np.ndarray | LoadedImage
+INT8_CPU_FLAGS = frozenset({"amx_int8", "avx512_vnni", "avx_vnni"})
 
 
 def read_model(path: str | os.PathLike) -> tuple[bytes, str]:
@@ -51,20 +53,6 @@ def onnx_metadata(data: bytes, source: str, allow_defaults: bool = False) -> Mod
     return ModelMetadata.from_props(props, source, allow_defaults)
 
 
-class _Scratch:
-    """One reusable float32 buffer for the full-resolution warp (a fresh 50 MB array per
-    image costs page faults and zeroing); not thread-safe: one per postprocessing thread."""
-
-    def __init__(self) -> None:
-        self._buf: np.ndarray | None = None
-
-    def get(self, hw: tuple[int, int]) -> np.ndarray:
-        if self._buf is None or self._buf.shape != tuple(hw):
-            self._buf = None  # release the old one first
-            self._buf = np.empty(hw, np.float32)
-        return self._buf
-
-
 class Segmenter:
     """Hemorrhage segmentation with one loaded model.
 
@@ -90,10 +78,18 @@ class Segmenter:
         path: str | os.PathLike | None = None,
         backend: str = "auto",
         allow_defaults: bool = False,
+        throughput: bool = False,
         **backend_options,
     ) -> Segmenter:
-        """Load an ONNX model or a TensorRT engine file (``None``: the shipped default model)."""
-        path = Path(path) if path is not None else default_model_path()
+        """Load an ONNX model or a TensorRT engine file.
+
+        ``path=None``: the shipped default model, in the variant that is fastest for the
+        backend (``default_model``). ``throughput=True``: tune the backend for many images
+        (``segment_batch``) rather than for the latency of one.
+        """
+        if path is None:
+            return cls.default_model(backend, allow_defaults, throughput, **backend_options)
+        path = Path(path)
         data, kind = read_model(path)
         source = str(path)
         if kind == "engine":
@@ -102,7 +98,31 @@ class Segmenter:
             backend = "tensorrt"
         else:
             metadata = onnx_metadata(data, source, allow_defaults)
-        return cls(load_backend(backend, data, source, **backend_options), metadata, source)
+        loaded = load_backend(backend, data, source, throughput=throughput, **backend_options)
+        return cls(loaded, metadata, source)
+
+    @classmethod
+    def default_model(
+        cls, backend: str = "auto", allow_defaults: bool = False, throughput: bool = False, **kw
+    ) -> Segmenter:
+        """The shipped model: its INT8 variant where OpenVINO runs on a CPU with int8 dot
+        products (AMX-INT8, AVX512-VNNI, AVX-VNNI; parity with FP32 is asserted in the tests
+        and benchmarks), else the FP32 model (ONNX Runtime's CPU provider runs Q/DQ INT8 slower
+        than FP32)."""
+        wants_ov = (
+            backend == "openvino" or backend == "auto" and auto_choice(available()) == ("openvino")
+        )
+        if wants_ov and INT8_CPU_FLAGS & (cpu_flags() or frozenset()):
+            try:
+                path = default_model_path(DEFAULT_INT8_MODEL)
+            except ModelError:
+                pass
+            else:
+                seg = cls.from_engine(path, backend, allow_defaults, throughput, **kw)
+                if seg.backend.name == "openvino":
+                    return seg
+                seg.backend.close()  # "auto" fell back to ONNX Runtime: FP32 is faster there
+        return cls.from_engine(default_model_path(), backend, allow_defaults, throughput, **kw)
 
     # --- the three stages -------------------------------------------------------------------
     def load(self, image: ImageLike) -> LoadedImage:
@@ -124,14 +144,11 @@ class Segmenter:
         pre: Preprocessed,
         image: LoadedImage,
         timings: dict[str, float],
-        scratch: np.ndarray | None = None,
     ) -> SegmentationResult:
-        """``scratch``: a reusable float32 array of the original image size (batch mode)."""
         t = time.perf_counter()
         thr = self.metadata.threshold
-        mask, window = mask_and_window(prob, pre.geometry, thr, scratch)
-        lesions = find_lesions(mask, pre.geometry, window)
-        fov_area = fov_disc(pre.geometry)[2]
+        mask, windows = mask_and_windows(prob, pre.geometry, thr)
+        lesions = find_lesions(mask, pre.geometry, windows)
         colour = "greyscale_input" not in image.notes
         flags = quality.assess(image.frame, pre.fov, pre.green_stats, colour) + list(image.notes)
         timings["postprocess"] = 1000 * (time.perf_counter() - t)
@@ -142,7 +159,7 @@ class Segmenter:
             geometry=pre.geometry,
             threshold=thr,
             lesions=lesions,
-            fov_area_px=fov_area,
+            fov_area_px=fov_area(pre.geometry),
             flags=flags,
             timings_ms=timings,
             model={
@@ -165,17 +182,17 @@ class Segmenter:
         """Yield ``(input, result or error)`` in input order.
 
         A three-stage pipeline: decoding and preprocessing (``prefetch`` worker threads),
-        inference (one thread, back to back) and postprocessing (one thread, reusing its
-        full-size buffer) overlap; at most ``prefetch + 2`` images are in flight, so memory
+        inference (``backend.concurrency`` threads, back to back) and postprocessing (one
+        thread) overlap; at most ``prefetch + concurrency + 1`` images are in flight, so memory
         stays bounded while the consumer is busy with earlier results. A bad image yields its
         ``HemosegError`` and does not stop the others.
         """
         items = iter(images)
         workers = max(1, prefetch)
         loader = ThreadPoolExecutor(workers, thread_name_prefix="hemoseg-load")
-        infer = ThreadPoolExecutor(1, thread_name_prefix="hemoseg-infer")
+        streams = max(1, self.backend.concurrency)
+        infer = ThreadPoolExecutor(streams, thread_name_prefix="hemoseg-infer")
         post = ThreadPoolExecutor(1, thread_name_prefix="hemoseg-post")
-        scratch = _Scratch()  # used by the single postprocessing thread only
         pending: deque[tuple[ImageLike, Future]] = deque()
 
         def infer_stage(loaded: Future):
@@ -183,7 +200,7 @@ class Segmenter:
 
         def post_stage(inferred: Future) -> SegmentationResult:
             image, pre, timings, prob = inferred.result()
-            return self._finish(image, pre, timings, prob, scratch.get(pre.geometry.original_hw))
+            return self._finish(image, pre, timings, prob)
 
         def submit() -> bool:
             try:
@@ -196,7 +213,7 @@ class Segmenter:
             return True
 
         try:
-            while len(pending) < workers + 2 and submit():
+            while len(pending) < workers + streams + 1 and submit():
                 pass
             while pending:
                 item, fut = pending.popleft()
@@ -232,9 +249,8 @@ class Segmenter:
         pre: Preprocessed,
         timings: dict[str, float],
         prob: np.ndarray,
-        scratch: np.ndarray | None = None,
     ) -> SegmentationResult:
-        result = self.postprocess(prob, pre, image, timings, scratch)
+        result = self.postprocess(prob, pre, image, timings)
         timings["total"] = sum(v for k, v in timings.items() if k != "total")
         return result
 

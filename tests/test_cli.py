@@ -116,7 +116,7 @@ def test_good_image_writes_mask_overlay_json(tiny_model, sample_image, tmp_path)
     h, w = Image.open(sample_image).size[::-1]
     mask = cv2.imread(str(tmp_path / f"{stem}_mask.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
-    overlay = cv2.imread(str(tmp_path / f"{stem}_overlay.png"))
+    overlay = cv2.imread(str(tmp_path / f"{stem}_overlay.jpg"))
     assert overlay is not None and overlay.shape[2] == 3
     d = json.loads((tmp_path / f"{stem}.json").read_text())
     assert d["image_size"] == {"height": h, "width": w}

@@ -181,3 +181,81 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
     assert any((tmp_path / "envcache").iterdir())
     monkeypatch.setenv(CACHE_ENV, "")
     assert default_cache_dir() is None
+
+
+def test_throughput_mode_runs_requests_at_once_with_the_same_answers(tmp_path):
+    """Throughput tuning: ``concurrency`` requests, callable from that many threads at once,
+    each answer equal to the latency-tuned backend's for the same input."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = make_tiny_onnx((64, 64))
+    lat = OpenVinoBackend(model, precision="fp32", cache_dir=tmp_path)
+    thr = OpenVinoBackend(model, precision="fp32", cache_dir=tmp_path, throughput=True)
+    assert lat.concurrency == 1 and thr.concurrency >= 1
+    assert (thr.concurrency > 1) == thr.providers[0].endswith(f":{thr.concurrency}streams")
+    xs = [_input((64, 64), s) for s in range(4 * thr.concurrency)]
+    with ThreadPoolExecutor(thr.concurrency) as pool:
+        got = list(pool.map(thr.run, xs))
+    for x, y in zip(xs, got, strict=True):
+        assert np.abs(y - lat.run(x)).max() <= 1e-6
+
+
+def test_segment_batch_with_streams_equals_segment(tiny_model, sample_image, tmp_path):
+    single = Segmenter.from_engine(tiny_model, backend="openvino", cache_dir=tmp_path)
+    batch = Segmenter.from_engine(
+        tiny_model, backend="openvino", cache_dir=tmp_path, throughput=True
+    )
+    ref = single.segment(sample_image)
+    frames = [np.full((200, 300, 3), v, np.uint8) for v in (40, 90)]
+    inputs = [sample_image, frames[0], sample_image, frames[1], sample_image]
+    out = list(batch.segment_batch(inputs, prefetch=2))
+    assert [i for i, _ in out] == inputs
+    for (item, res), want in zip(out, inputs, strict=True):
+        expect = ref if item is sample_image else single.segment(want)
+        assert np.array_equal(res.mask, expect.mask)
+        assert res.lesions == expect.lesions
+
+
+@pytest.mark.parametrize(
+    ("backend", "flags", "want"),
+    [
+        ("auto", {"avx2", "amx_int8"}, "hemoseg_unet_v1_int8.onnx" if X86 else None),
+        ("openvino", {"avx512_vnni"}, "hemoseg_unet_v1_int8.onnx"),
+        ("auto", {"avx2", "fma"}, "hemoseg_unet_v1.onnx"),  # no int8 dot products
+        ("onnxruntime", {"amx_int8"}, "hemoseg_unet_v1.onnx"),  # ORT runs Q/DQ slower
+    ],
+)
+def test_default_model_variant_follows_backend_and_cpu(monkeypatch, backend, flags, want):
+    """Without a path, the shipped model's INT8 variant runs where OpenVINO has int8 dot
+    products, else the FP32 model (the files are in engines/, guarded by the manifest)."""
+    import hemoseg_edge.segmenter as segmod
+
+    monkeypatch.setattr(segmod, "cpu_flags", lambda: frozenset(flags))
+    seg = Segmenter.from_engine(None, backend=backend)
+    assert os.path.basename(seg.source) == (want or "hemoseg_unet_v1.onnx")
+    assert seg.metadata.precision == ("int8" if "int8" in seg.source else "fp32")
+
+
+@pytest.mark.train
+def test_nncf_int8_runs_on_openvino(unet_onnx, tmp_path):
+    """``quantize --method nncf``: Q/DQ on the convolutions but the head, OpenVINO runs it."""
+    pytest.importorskip("nncf")
+    import onnx
+
+    from hemoseg_edge.quantize import to_int8
+
+    calib = np.random.default_rng(1).random((4, 1, 64, 64), dtype=np.float32)
+    model = onnx.load_from_string(unet_onnx)
+    q = to_int8(model, calib, method="nncf", source="u.onnx")
+    producer = {o: n for n in q.graph.node for o in n.output}
+    convs = [n for n in q.graph.node if n.op_type == "Conv"]
+    weights = [producer.get(c.input[1]) for c in convs]  # NNCF puts activation Q/DQ upstream
+    assert all(p is not None and p.op_type == "DequantizeLinear" for p in weights[:-1])
+    assert weights[-1] is None or weights[-1].op_type != "DequantizeLinear"  # head: float
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+    props = {p.key: p.value for p in q.metadata_props}
+    assert props["hemoseg.precision"] == "int8" and "nncf" in props["hemoseg.extra"]
+    be = OpenVinoBackend(q.SerializeToString(), cache_dir=tmp_path)
+    out = be.run(calib[:1])
+    assert out.shape == (1, 1, 64, 64) and np.isfinite(out).all()
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0

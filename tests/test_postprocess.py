@@ -11,9 +11,13 @@ from conftest import ddb1_images, idrid_images
 from hemoseg_edge.errors import HemosegError
 from hemoseg_edge.io import load_image
 from hemoseg_edge.postprocess import (
+    candidate_windows,
     find_lesions,
-    fov_disc,
-    mask_and_window,
+    fov_area,
+    fov_box,
+    fov_disc_in,
+    lesion_order,
+    mask_and_windows,
     quadrant_of,
     to_original_mask,
 )
@@ -40,7 +44,7 @@ def reference_lesions(mask: np.ndarray, g: Geometry) -> list[Lesion]:
         )
         for i in range(1, n)
     ]
-    return sorted(out, key=lambda les: -les.area_px)
+    return sorted(out, key=lesion_order)
 
 
 def prob_maps(seed: int = 0) -> dict[str, np.ndarray]:
@@ -75,13 +79,12 @@ def test_optimised_equals_reference_on_real_images(real_geometries):
     for g in real_geometries:
         for name, prob in prob_maps().items():
             ref = reference_mask(prob, g, 0.5)
-            mask, window = mask_and_window(prob, g, 0.5)
+            mask, windows = mask_and_windows(prob, g, 0.5)
             assert np.array_equal(mask, ref), name
-            assert find_lesions(mask, g, window) == reference_lesions(ref, g), name
+            assert find_lesions(mask, g, windows) == reference_lesions(ref, g), name
             assert find_lesions(mask, g) == reference_lesions(ref, g), name
-        scratch = np.empty(g.original_hw, np.float32)
         prob = prob_maps(1)["blobs"]
-        assert np.array_equal(to_original_mask(prob, g, 0.3, scratch), reference_mask(prob, g, 0.3))
+        assert np.array_equal(to_original_mask(prob, g, 0.3), reference_mask(prob, g, 0.3))
 
 
 def test_segment_with_a_real_model_equals_reference(tiny_model, sample_image):
@@ -104,23 +107,30 @@ def synthetic_geometries() -> list[Geometry]:
 
 
 def test_fov_disc_equals_fov_mask(real_geometries):
+    rng = np.random.default_rng(5)
     for g in real_geometries + synthetic_geometries():
-        (x0, y0, x1, y1), disc, area = fov_disc(g)
         full = g.fov_mask()
-        assert area == int(full.sum())
-        assert np.array_equal(disc, full[y0:y1, x0:x1])
+        x0, y0, x1, y1 = fov_box(g)
+        assert fov_area(g) == int(full.sum())
+        assert np.array_equal(fov_disc_in(g, (x0, y0, x1, y1)), full[y0:y1, x0:x1])
         outside = full.copy()
         outside[y0:y1, x0:x1] = False
         assert not outside.any()
+        oh, ow = g.original_hw
+        for _ in range(10):  # windows anywhere, partly outside the box too
+            wx0, wy0 = int(rng.integers(0, ow - 1)), int(rng.integers(0, oh - 1))
+            wx1, wy1 = int(rng.integers(wx0 + 1, ow + 1)), int(rng.integers(wy0 + 1, oh + 1))
+            got = fov_disc_in(g, (wx0, wy0, wx1, wy1))
+            assert np.array_equal(got, full[wy0:wy1, wx0:wx1]), (wx0, wy0, wx1, wy1)
 
 
 def test_synthetic_geometries_equal_reference():
     for g in synthetic_geometries():
         for name, prob in prob_maps(2).items():
             ref = reference_mask(prob, g, 0.5)
-            mask, window = mask_and_window(prob, g, 0.5)
+            mask, windows = mask_and_windows(prob, g, 0.5)
             assert np.array_equal(mask, ref), name
-            assert find_lesions(mask, g, window) == reference_lesions(ref, g), name
+            assert find_lesions(mask, g, windows) == reference_lesions(ref, g), name
 
 
 def test_windowed_labelling_any_mask():
@@ -133,8 +143,36 @@ def test_windowed_labelling_any_mask():
         mask[y0 : y0 + h, x0 : x0 + w] = rng.random((h, w)) > 0.7
         assert find_lesions(mask, g) == reference_lesions(mask, g)
     assert find_lesions(np.zeros(g.original_hw, bool), g) == []
-    with pytest.raises(ValueError, match="even"):
-        find_lesions(np.ones(g.original_hw, bool), g, (1, 0, 10, 10))
+
+
+def test_windows_are_disjoint_and_lesions_stay_inside(real_geometries):
+    """Many separate blobs: several windows, pairwise apart, each lesion inside exactly one."""
+    g = real_geometries[0]
+    prob = np.zeros(HW, np.float32)
+    for k, (r, c) in enumerate([(100, 100), (100, 104), (300, 300), (450, 120), (200, 500)]):
+        prob[r : r + 3 + k, c : c + 2 + k] = 0.9
+    windows = candidate_windows(prob, g, 0.5)
+    assert 2 <= len(windows) < 5  # the two blobs 1 px apart share a window
+    for i, a in enumerate(windows):
+        for b in windows[i + 1 :]:
+            assert a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1], (a, b)
+    ref = reference_mask(prob, g, 0.5)
+    mask, _ = mask_and_windows(prob, g, 0.5)
+    assert np.array_equal(mask, ref)
+    for les in reference_lesions(ref, g):
+        x, y, w, h = les.bbox
+        inside = [a for a in windows if a[0] <= x and a[1] <= y and x + w <= a[2] and y + h <= a[3]]
+        assert len(inside) == 1, les
+
+
+def test_window_of_the_map_equals_the_whole_map(real_geometries):
+    prob = prob_maps(3)["blobs"]
+    for g in real_geometries + synthetic_geometries():
+        whole = g.to_original(prob)
+        oh, ow = g.original_hw
+        for win in [(0, 0, ow, oh), (1, 3, ow // 2 + 1, oh // 3 + 7), (ow - 5, oh - 9, ow, oh)]:
+            x0, y0, x1, y1 = win
+            assert np.array_equal(g.to_original(prob, window=win), whole[y0:y1, x0:x1]), win
 
 
 def test_batch_equals_single_and_survives_bad_inputs(tiny_model, sample_image, tmp_path):

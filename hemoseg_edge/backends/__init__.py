@@ -36,7 +36,11 @@ def auto_choice(found: list[str], machine: str | None = None) -> str:
     return "openvino" if "openvino" in found and machine in X86_MACHINES else "onnxruntime"
 
 
-def load_backend(name: str, model: bytes, source: str = "model", **kw) -> Backend:
+def load_backend(
+    name: str, model: bytes, source: str = "model", throughput: bool = False, **kw
+) -> Backend:
+    """``throughput``: tune for many images at once (OpenVINO streams that run in parallel,
+    ``Backend.concurrency`` > 1) rather than for the latency of one."""
     if name not in NAMES:
         raise BackendUnavailableError(f"unknown backend {name!r}; choose from {', '.join(NAMES)}")
     if name == "auto":
@@ -45,7 +49,7 @@ def load_backend(name: str, model: bytes, source: str = "model", **kw) -> Backen
             try:
                 from .openvino import OpenVinoBackend
 
-                return OpenVinoBackend(model, source, **kw)
+                return OpenVinoBackend(model, source, throughput=throughput, **kw)
             except (ImportError, HemosegError):
                 name = "onnxruntime"
                 kw = {k: v for k, v in kw.items() if k in ("providers", "threads")}
@@ -60,7 +64,7 @@ def load_backend(name: str, model: bytes, source: str = "model", **kw) -> Backen
             raise BackendUnavailableError(
                 "OpenVINO backend needs the [openvino] extra: pip install 'hemoseg-edge[openvino]'"
             ) from None
-        return OpenVinoBackend(model, source, **kw)
+        return OpenVinoBackend(model, source, throughput=throughput, **kw)
     try:
         from .tensorrt import TensorRtBackend
     except ImportError:

@@ -24,6 +24,8 @@ class Backend(ABC):
     """Base class: ``load`` happens in ``__init__``; ``run`` is a pure function of its input."""
 
     name: str = "base"
+    # how many ``run`` calls may usefully run at once (e.g. OpenVINO throughput streams)
+    concurrency: int = 1
 
     @property
     @abstractmethod

@@ -5,12 +5,17 @@ Precision: ``"auto"`` asks for bf16 where the CPU computes it natively (AMX or A
 else f32; ``providers`` reports what ran, e.g. ``["CPU:bf16"]``. Compiled models are cached
 under ``~/.cache/hemoseg-edge/ov_cache`` (or ``$HEMOSEG_OV_CACHE``; ``cache_dir=""`` or an
 empty ``$HEMOSEG_OV_CACHE`` turns caching off).
+
+Latency (default): one inference request using every core. ``throughput=True``: OpenVINO's
+THROUGHPUT hint (on 2 cores: 2 streams of 1 thread) and one request per stream; ``run`` may then
+be called from that many threads at once (``concurrency``). Streams need no barrier between
+cores, so other work (decoding, postprocessing) slows one stream instead of stalling both.
 """
 
 from __future__ import annotations
 
 import os
-import threading
+import queue
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -100,6 +105,7 @@ class OpenVinoBackend(Backend):
         precision: str = "auto",
         cache_dir: str | os.PathLike | None = None,
         threads: int = 0,
+        throughput: bool = False,
         **_ignored,
     ):
         try:
@@ -121,7 +127,8 @@ class OpenVinoBackend(Backend):
         cache_str = _usable_dir(cache) if cache is not None else None
         if cache_str:
             core.set_property({"CACHE_DIR": cache_str})
-        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        mode = "THROUGHPUT" if throughput else "LATENCY"
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": mode}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
@@ -132,8 +139,12 @@ class OpenVinoBackend(Backend):
             raise ModelError(f"{source}: OpenVINO cannot load the model ({msg[:200]})") from None
         self._spec = self._check_io(ov_model, source)
         self._precision = _precision_name(self._compiled)
-        self._request = self._compiled.create_infer_request()
-        self._lock = threading.Lock()
+        n = self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS") if throughput else 1
+        self.concurrency = max(1, int(n))
+        self.mode = mode.lower()
+        self._requests: queue.Queue = queue.Queue()
+        for _ in range(self.concurrency):
+            self._requests.put(self._compiled.create_infer_request())
 
     @staticmethod
     def _check_io(ov_model, source: str) -> InputSpec:
@@ -159,17 +170,21 @@ class OpenVinoBackend(Backend):
 
     @property
     def providers(self) -> list[str]:
-        return [f"CPU:{self._precision}"]
+        streams = f":{self.concurrency}streams" if self.concurrency > 1 else ""
+        return [f"CPU:{self._precision}{streams}"]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         n = self._spec.shape[0]
         if n > 0 and batch.shape[0] != n:  # static batch: run image by image
             return np.concatenate([self.run(batch[i : i + 1]) for i in range(batch.shape[0])])
-        with self._lock:
-            self._request.infer({0: batch}, share_inputs=True)
-            return self._request.get_output_tensor(0).data.copy()
+        request = self._requests.get()  # a free one; waits while all are busy
+        try:
+            request.infer({0: batch}, share_inputs=True)
+            return request.get_output_tensor(0).data.copy()
+        finally:
+            self._requests.put(request)
 
     def close(self) -> None:
-        self._request = None
+        self._requests = queue.Queue()
         self._compiled = None

@@ -1,7 +1,7 @@
 """The folder layout whose renames are the service's only state.
 
 ``IN_DIR/x`` -> (rename) ``OUT_DIR/work/n`` -> results written atomically to
-``OUT_DIR/results/n_mask.png``, ``n_overlay.png``, ``n.json`` (JSON last) -> (rename)
+``OUT_DIR/results/n_mask.png``, ``n_overlay.jpg``, ``n.json`` (JSON last) -> (rename)
 ``OUT_DIR/done/n``; or ``OUT_DIR/failed/n.reason.txt`` written atomically -> (rename)
 ``OUT_DIR/failed/n``. ``n`` is ``x`` unless ``done/``, ``failed/`` or ``work/`` already hold
 that name (an earlier file with the same name): then ``stem__2.ext``, ``stem__3.ext``, ...
@@ -52,7 +52,9 @@ def fsync_dir(path: Path) -> None:
 
 
 def result_names(name: str) -> tuple[str, str, str]:
-    return f"{name}_mask.png", f"{name}_overlay.png", f"{name}.json"
+    from ..cli import output_names
+
+    return output_names(name)
 
 
 class Layout:
