@@ -143,3 +143,39 @@ def bench_batch_with_outputs(benchmark, single_seg, batch_seg, paths, models, tm
 
     benchmark.pedantic(run, setup=paired.measure, rounds=rounds(4, 1))
     _record(benchmark, batch_seg, paths, "batch+outputs", models, paired)
+
+
+def bench_cpu_budget(benchmark, batch_seg, paths, models):
+    """Core-milliseconds per image of each stage of the batch path, one stage at a time over
+    the N images (process CPU time, all threads). On a host whose cores inference already
+    fills, everything else is taken from inference: inference / total is the ceiling of the
+    end-to-end ratio here, whatever the overlap."""
+    benchmark.group = "cpu-budget"
+    seg = batch_seg
+
+    def stage(fn, items) -> tuple[list, float]:
+        t = time.process_time()
+        out = [fn(x) for x in items]
+        return out, 1000 * (time.process_time() - t) / len(items)
+
+    def run() -> dict[str, float]:
+        loaded, decode = stage(seg.load, paths)
+        pres, preprocess = stage(seg.preprocess, loaded)
+        probs, inference = stage(lambda p: seg.backend.run(p.tensor)[0, 0], pres)
+        _, postprocess = stage(
+            lambda i: seg.postprocess(probs[i], pres[i], loaded[i], {}), range(len(paths))
+        )
+        return dict(
+            decode=decode, preprocess=preprocess, inference=inference, postprocess=postprocess
+        )
+
+    ms = benchmark.pedantic(run, rounds=1, iterations=1)
+    other = ms["decode"] + ms["preprocess"] + ms["postprocess"]
+    benchmark.extra_info.update(
+        {f"{k}_core_ms": round(v, 1) for k, v in ms.items()},
+        ceiling_ratio=round(ms["inference"] / (ms["inference"] + other), 3),
+        images=len(paths),
+        providers=",".join(seg.backend.providers),
+        model=seg.source.rsplit("/", 1)[-1],
+        real_model=models.real,
+    )

@@ -57,7 +57,10 @@ def evaluate(v: Variant, models, cases) -> tuple[Counts, list[np.ndarray]]:
         seg = Segmenter.from_engine(models.path(v.file), backend=v.backend, **v.options)
     except BackendUnavailableError as e:
         pytest.skip(str(e))
-    return pooled(seg, cases)
+    try:
+        return pooled(seg, cases)
+    finally:
+        seg.backend.close()
 
 
 def pooled(seg: Segmenter, cases) -> tuple[Counts, list[np.ndarray]]:
@@ -67,7 +70,6 @@ def pooled(seg: Segmenter, cases) -> tuple[Counts, list[np.ndarray]]:
             raise res
         total = total + confusion(res.mask, truth(path))
         packed.append(np.packbits(res.mask))
-    seg.backend.close()
     return total, packed
 
 
@@ -110,7 +112,7 @@ def record(benchmark, result, reference, images, backend, precision, model, vid)
     agree = Counts(0, 0, 0, 0)
     for a, b in zip(masks, ref_masks, strict=True):
         agree = agree + confusion(np.unpackbits(a), np.unpackbits(b))
-    tol = TOLERANCE_TRT_FP32 if vid == "tensorrt-fp32" else TOLERANCE[precision]
+    tol = TOLERANCE_TRT_FP32 if vid == "tensorrt-fp32" else TOLERANCE[precision.split("-")[0]]
     d, i = dice(counts), iou(counts)
     d_ref, i_ref = dice(ref_counts), iou(ref_counts)
     benchmark.extra_info.update(

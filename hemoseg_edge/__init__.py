@@ -6,10 +6,11 @@ Public API: ``Segmenter.from_engine(path)`` -> ``Segmenter.segment(image)`` ->
 
 import os as _os
 
-# OpenBLAS (numpy's matmul, used by the area resampling) lets its worker threads spin for ~2^28
-# cycles after each call; on a small CPU they then steal the cores from the inference that
-# follows (measured: OpenVINO 140 -> 220-320 ms per frame on 2 cores). 2^4 cycles: they sleep at
-# once. Same thread count, so bit-identical results. Read when numpy loads: set before it.
+# OpenBLAS (numpy's BLAS: the FOV circle fit here, matmuls in callers) lets its worker threads
+# spin for ~2^28 cycles after each call; on a small CPU they then steal the cores from the
+# inference that follows (measured when the area resampling was a matmul: OpenVINO 140 ->
+# 220-320 ms per frame on 2 cores). 2^4 cycles: they sleep at once. Same thread count, so
+# bit-identical results. Read when numpy loads: set before it.
 _os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 from .errors import HemosegError, InputImageError, ModelError  # noqa: E402

@@ -15,8 +15,9 @@ from pathlib import Path
 from .errors import ModelError
 
 DEFAULT_MODEL = "hemoseg_unet_v1.onnx"
-# The INT8 (Q/DQ) variant: the default where OpenVINO runs it natively (see Segmenter)
-DEFAULT_INT8_MODEL = "hemoseg_unet_v1_int8.onnx"
+# The INT8 Q/DQ variant: TensorRT's input, and the default where OpenVINO runs int8 natively
+# (see Segmenter.default_model; benchmarks/compare_int8.py for why not NNCF's)
+INT8_MODEL = "hemoseg_unet_v1_int8.onnx"
 MANIFEST = "manifest.json"
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from . import engine_file, quality
 from .backends import Backend, auto_choice, available, load_backend
 from .backends.openvino import cpu_flags
-from .engines import DEFAULT_INT8_MODEL, default_model_path, verify_against_manifest
+from .engines import INT8_MODEL, default_model_path, verify_against_manifest
 from .errors import HemosegError, ModelError
 from .io import LoadedImage, load_image, read_bytes
 from .metadata import ModelMetadata
@@ -105,16 +105,16 @@ class Segmenter:
     def default_model(
         cls, backend: str = "auto", allow_defaults: bool = False, throughput: bool = False, **kw
     ) -> Segmenter:
-        """The shipped model: its INT8 variant where OpenVINO runs on a CPU with int8 dot
-        products (AMX-INT8, AVX512-VNNI, AVX-VNNI; parity with FP32 is asserted in the tests
-        and benchmarks), else the FP32 model (ONNX Runtime's CPU provider runs Q/DQ INT8 slower
-        than FP32)."""
-        wants_ov = (
-            backend == "openvino" or backend == "auto" and auto_choice(available()) == ("openvino")
+        """The shipped model: its INT8 Q/DQ variant where OpenVINO runs on a CPU with int8 dot
+        products (AMX-INT8, AVX512-VNNI, AVX-VNNI), else the FP32 model (ONNX Runtime's CPU
+        provider runs Q/DQ INT8 slower than FP32). Parity with FP32 is asserted in the tests
+        and benchmarks."""
+        wants_ov = backend == "openvino" or (
+            backend == "auto" and auto_choice(available()) == "openvino"
         )
         if wants_ov and INT8_CPU_FLAGS & (cpu_flags() or frozenset()):
             try:
-                path = default_model_path(DEFAULT_INT8_MODEL)
+                path = default_model_path(INT8_MODEL)
             except ModelError:
                 pass
             else:
@@ -149,6 +149,7 @@ class Segmenter:
         thr = self.metadata.threshold
         mask, windows = mask_and_windows(prob, pre.geometry, thr)
         lesions = find_lesions(mask, pre.geometry, windows)
+        area = fov_area(pre.geometry)
         colour = "greyscale_input" not in image.notes
         flags = quality.assess(image.frame, pre.fov, pre.green_stats, colour) + list(image.notes)
         timings["postprocess"] = 1000 * (time.perf_counter() - t)
@@ -159,7 +160,7 @@ class Segmenter:
             geometry=pre.geometry,
             threshold=thr,
             lesions=lesions,
-            fov_area_px=fov_area(pre.geometry),
+            fov_area_px=area,
             flags=flags,
             timings_ms=timings,
             model={
@@ -259,6 +260,7 @@ class Segmenter:
             "source": self.source,
             "backend": self.backend.name,
             "providers": self.backend.providers,
+            "concurrency": self.backend.concurrency,
             "input": {"name": self.backend.input_spec.name, "shape": self.backend.input_spec.shape},
             "metadata": self.metadata.to_props(),
             "preprocess_spec_matches": self.metadata.preprocess_matches,

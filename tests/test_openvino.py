@@ -259,3 +259,44 @@ def test_nncf_int8_runs_on_openvino(unet_onnx, tmp_path):
     out = be.run(calib[:1])
     assert out.shape == (1, 1, 64, 64) and np.isfinite(out).all()
     assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+
+
+def test_run_after_close_raises_instead_of_waiting(tmp_path):
+    from hemoseg_edge.errors import BackendUnavailableError
+
+    be = OpenVinoBackend(make_tiny_onnx((32, 32)), cache_dir=tmp_path, throughput=True)
+    be.run(_input((32, 32)))
+    be.close()
+    with pytest.raises(BackendUnavailableError, match="after close"):
+        be.run(_input((32, 32)))
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_shipped_openvino_int8_keeps_dice():
+    """The default CPU path's INT8 model on OpenVINO vs the FP32 model on ONNX Runtime: pooled
+    Dice on 3 IDRiD test images within the INT8 tolerance (all 27: ``make bench``, parity)."""
+    from conftest import data_root, idrid_images, require_data
+    from PIL import Image
+
+    from hemoseg_edge.engines import INT8_MODEL, default_model_path
+    from hemoseg_edge.metrics import Counts, confusion, dice
+
+    require_data()
+    masks = data_root() / "idrid" / "masks" / "HE" / "test"
+    images = idrid_images("test")[:3]
+    if len(images) < 3 or not masks.is_dir():
+        pytest.skip("IDRiD test images and HE masks not in the shared data")
+    runs = {
+        "fp32": Segmenter.from_engine(default_model_path(), backend="onnxruntime"),
+        "int8": Segmenter.from_engine(default_model_path(INT8_MODEL), backend="openvino"),
+    }
+    scores = {}
+    for name, seg in runs.items():
+        total = Counts(0, 0, 0, 0)
+        for path, res in seg.segment_batch(images):
+            truth = np.asarray(Image.open(masks / f"{path.stem}_HE.tif")) > 0
+            total = total + confusion(res.mask, truth if truth.ndim == 2 else truth.any(axis=2))
+        scores[name] = dice(total)
+    assert scores["fp32"] > 0.3, scores  # the model finds hemorrhages at all
+    assert abs(scores["int8"] - scores["fp32"]) <= 0.01, scores

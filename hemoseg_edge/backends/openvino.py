@@ -178,6 +178,8 @@ class OpenVinoBackend(Backend):
         n = self._spec.shape[0]
         if n > 0 and batch.shape[0] != n:  # static batch: run image by image
             return np.concatenate([self.run(batch[i : i + 1]) for i in range(batch.shape[0])])
+        if self._compiled is None:
+            raise BackendUnavailableError("OpenVINO backend used after close()")
         request = self._requests.get()  # a free one; waits while all are busy
         try:
             request.infer({0: batch}, share_inputs=True)
@@ -186,5 +188,6 @@ class OpenVinoBackend(Backend):
             self._requests.put(request)
 
     def close(self) -> None:
-        self._requests = queue.Queue()
+        """Release the model; calls in flight finish, later ``run`` calls raise."""
         self._compiled = None
+        self._requests = queue.Queue()
