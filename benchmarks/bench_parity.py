@@ -63,14 +63,28 @@ def evaluate(v: Variant, models, cases) -> tuple[Counts, list[np.ndarray]]:
         seg.backend.close()
 
 
-def pooled(seg: Segmenter, cases) -> tuple[Counts, list[np.ndarray]]:
-    total, packed = Counts(0, 0, 0, 0), []
+def per_image(seg: Segmenter, cases) -> tuple[list[Counts], list[np.ndarray]]:
+    """Confusion counts against the HE truth and bit-packed masks, image by image."""
+    counts, packed = [], []
     for path, res in seg.segment_batch(cases, prefetch=2):
         if isinstance(res, HemosegError):
             raise res
-        total = total + confusion(res.mask, truth(path))
+        counts.append(confusion(res.mask, truth(path)))
         packed.append(np.packbits(res.mask))
-    return total, packed
+    return counts, packed
+
+
+def pooled(seg: Segmenter, cases) -> tuple[Counts, list[np.ndarray]]:
+    counts, packed = per_image(seg, cases)
+    return sum(counts, Counts(0, 0, 0, 0)), packed
+
+
+def agreement(masks: list[np.ndarray], ref_masks: list[np.ndarray]) -> Counts:
+    """Pooled counts of bit-packed masks against the reference's masks."""
+    total = Counts(0, 0, 0, 0)
+    for a, b in zip(masks, ref_masks, strict=True):
+        total = total + confusion(np.unpackbits(a), np.unpackbits(b))
+    return total
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +123,8 @@ def record(benchmark, result, reference, images, backend, precision, model, vid)
     """Store the variant's pooled Dice/IoU and agreement next to the reference; assert."""
     counts, masks = result
     ref_counts, ref_masks = reference
-    agree = Counts(0, 0, 0, 0)
-    for a, b in zip(masks, ref_masks, strict=True):
-        agree = agree + confusion(np.unpackbits(a), np.unpackbits(b))
-    tol = TOLERANCE_TRT_FP32 if vid == "tensorrt-fp32" else TOLERANCE[precision.split("-")[0]]
+    agree = agreement(masks, ref_masks)
+    tol = TOLERANCE_TRT_FP32 if vid == "tensorrt-fp32" else TOLERANCE[precision]
     d, i = dice(counts), iou(counts)
     d_ref, i_ref = dice(ref_counts), iou(ref_counts)
     benchmark.extra_info.update(

@@ -38,11 +38,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_parity import truth  # noqa: E402
+from bench_parity import agreement, per_image  # noqa: E402
 from benchlib import FP32, INT8, MODELS_DIR, TESTS, cpu_flags, fundus_images  # noqa: E402
 
-from hemoseg_edge.errors import HemosegError  # noqa: E402
-from hemoseg_edge.metrics import Counts, confusion, dice, iou  # noqa: E402
+from hemoseg_edge.metrics import Counts, dice, iou  # noqa: E402
 from hemoseg_edge.quantize import calibration_batch, calibration_images, to_int8  # noqa: E402
 from hemoseg_edge.segmenter import Segmenter  # noqa: E402
 
@@ -56,29 +55,8 @@ def bootstrap_median_ci(values: list[float], n: int = 2000, seed: int = 0) -> tu
     return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
 
 
-def per_image(seg: Segmenter, cases: list) -> tuple[list[Counts], list[np.ndarray]]:
-    """Confusion counts against the HE truth and bit-packed masks, image by image."""
-    counts, packed = [], []
-    for path, res in seg.segment_batch(cases):
-        if isinstance(res, HemosegError):
-            raise res
-        counts.append(confusion(res.mask, truth(path)))
-        packed.append(np.packbits(res.mask))
-    return counts, packed
-
-
-def _sum(counts: list[Counts]) -> Counts:
-    total = Counts(0, 0, 0, 0)
-    for c in counts:
-        total = total + c
-    return total
-
-
-def _agreement(masks: list, ref: list) -> float:
-    total = Counts(0, 0, 0, 0)
-    for a, b in zip(masks, ref, strict=True):
-        total = total + confusion(np.unpackbits(a), np.unpackbits(b))
-    return dice(total)
+def _total(counts: list[Counts]) -> Counts:
+    return sum(counts, Counts(0, 0, 0, 0))
 
 
 def speed(segs: dict[str, Segmenter], tensor: np.ndarray, rounds: int, frames: int = 1) -> dict:
@@ -123,33 +101,29 @@ def main(argv: list[str] | None = None) -> int:
         nncf_path = Path(tmp) / "hemoseg_unet_v1_int8_nncf.onnx"
         onnx.save(nncf_model, nncf_path)
         ref_each, ref_masks = per_image(Segmenter.from_engine(fp32, backend="onnxruntime"), cases)
-        ref_counts = _sum(ref_each)
-        segs = {
-            "shipped Q/DQ (ONNX Runtime quantizer)": Segmenter.from_engine(
-                MODELS_DIR / INT8, backend="openvino"
-            ),
-            "NNCF (performance preset, head in float)": Segmenter.from_engine(
-                nncf_path, backend="openvino"
-            ),
+        ref_counts = _total(ref_each)
+        paths = {
+            "shipped Q/DQ (ONNX Runtime quantizer)": MODELS_DIR / INT8,
+            "NNCF (performance preset, head in float)": nncf_path,
         }
+        segs = {name: Segmenter.from_engine(p, backend="openvino") for name, p in paths.items()}
         rows = {}
         for name, seg in segs.items():
             each, masks = per_image(seg, cases)
-            counts = _sum(each)
+            counts = _total(each)
             folds = [
-                dice(_sum(each[k::FOLDS])) - dice(_sum(ref_each[k::FOLDS])) for k in range(FOLDS)
+                dice(_total(each[k::FOLDS])) - dice(_total(ref_each[k::FOLDS]))
+                for k in range(FOLDS)
             ]
             rows[name] = {
                 "providers": ",".join(seg.backend.providers),
-                "bytes": (MODELS_DIR / INT8).stat().st_size
-                if "shipped" in name
-                else nncf_path.stat().st_size,
+                "bytes": paths[name].stat().st_size,
                 "dice": round(dice(counts), 5),
                 "iou": round(iou(counts), 5),
                 "delta_dice": round(dice(counts) - dice(ref_counts), 5),
                 "delta_iou": round(iou(counts) - iou(ref_counts), 5),
                 "fold_delta_dice": [round(d, 5) for d in folds],
-                "agreement_dice": round(_agreement(masks, ref_masks), 5),
+                "agreement_dice": round(dice(agreement(masks, ref_masks)), 5),
             }
             rows[name]["parity"] = all(
                 abs(d) <= PARITY_TOLERANCE for d in [rows[name]["delta_dice"], *folds]

@@ -49,8 +49,6 @@ def fov_disc_in(geometry: Geometry, window: Window) -> np.ndarray:
         disc[iy1:] = 0
         disc[:, :ix0] = 0
         disc[:, ix1:] = 0
-    else:
-        disc[:] = 0
     return disc.view(bool)
 
 
@@ -137,13 +135,13 @@ def candidate_windows(prob: np.ndarray, geometry: Geometry, threshold: float) ->
     rows = np.flatnonzero(near.any(axis=1))
     if rows.size == 0:
         return []
-    cols = np.flatnonzero(near.any(axis=0))
     h, w = geometry.model_hw
     x0, y0, x1, y1 = geometry.box
     box = fov_box(geometry)
     if (x1 - x0) >= w and (y1 - y0) >= h:
         groups = _groups(near)
     else:
+        cols = np.flatnonzero(near.any(axis=0))
         groups = [(int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))]
     windows = [_intersect(_model_to_window(geometry, *g), box) for g in groups]
     return sorted(win for win in windows if win is not None)

@@ -285,9 +285,10 @@ def _area_taps(start: float, stop: float, dst_len: int) -> tuple[int, int, np.nd
     want = lo[:, None] + np.arange(k)
     idx = np.minimum(want, dense.shape[1] - 1)
     w = np.where(want < hi[:, None], np.take_along_axis(dense, idx, axis=1), np.float32(0))
-    for arr in (idx, w):
+    w = w.astype(np.float32, copy=False)
+    for arr in (idx, w):  # cached: shared by every caller
         arr.setflags(write=False)
-    return first, dense.shape[1], idx, w.astype(np.float32)
+    return first, dense.shape[1], idx, w
 
 
 def area_resample(

@@ -141,7 +141,6 @@ class OpenVinoBackend(Backend):
         self._precision = _precision_name(self._compiled)
         n = self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS") if throughput else 1
         self.concurrency = max(1, int(n))
-        self.mode = mode.lower()
         self._requests: queue.Queue = queue.Queue()
         for _ in range(self.concurrency):
             self._requests.put(self._compiled.create_infer_request())
