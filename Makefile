@@ -10,11 +10,11 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.runtime: $(BIN)/python pyproject.toml
+$(VENV)/.runtime: $(BIN)/python pyproject.toml setup.py hemoseg_edge/_native.cpp
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(VENV)/.dev: $(BIN)/python pyproject.toml
+$(VENV)/.dev: $(BIN)/python pyproject.toml setup.py hemoseg_edge/_native.cpp
 	$(BIN)/pip install -q -e ".[dev,train,openvino,nncf,service,engines]"
 	$(BIN)/python tools/install_trt_stubs.py
 	touch $@ $(VENV)/.runtime
@@ -36,7 +36,7 @@ typecheck: $(VENV)/.dev
 	$(BIN)/python -m mypy --config-file mypy.ini
 
 pytest: $(VENV)/.dev build
-	$(BIN)/python -m pytest -q
+	HEMOSEG_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q
 
 ## test: dev venv, kernel build, lint, type check of the TensorRT/pycuda code, all tests
 test: lint typecheck pytest

@@ -8,6 +8,11 @@ pytest-benchmark's untimed ``setup``) the same backend runs pure inference on N 
 tensors, tuned both ways. Each round's ratio is its end-to-end rate over the better of those two
 inference rates measured just before it, so a host whose speed drifts (shared, throttled) moves
 both sides together. ``paired_ratio`` is the median of those ratios.
+
+``batch-spare-core`` asks whether the pipeline hides decode, preprocess and postprocess when
+inference leaves CPU to hide them in: inference on one thread (one core), the pipeline's other
+stages free to use the rest, paired with pure inference on that same one-thread backend. (On a
+host whose cores inference fills, ``cpu-budget`` gives the ceiling instead.)
 """
 
 from __future__ import annotations
@@ -120,6 +125,29 @@ def bench_batch(benchmark, single_seg, batch_seg, paths, models):
 
     benchmark.pedantic(run, setup=paired.measure, rounds=rounds(6, 2))
     _record(benchmark, batch_seg, paths, "batch", models, paired)
+
+
+@pytest.fixture(scope="module")
+def one_thread_seg(models, images) -> Segmenter:
+    s = default_segmenter(models, throughput=False, threads=1)
+    list(s.segment_batch(images[:2]))
+    return s
+
+
+def bench_batch_spare_core(benchmark, one_thread_seg, paths, models):
+    """``segment_batch`` with inference on one thread: does the pipeline hide the rest when a
+    core is free? Paired with pure inference of the same one-thread backend."""
+    benchmark.group = GROUP
+    tensor = one_thread_seg.preprocess(one_thread_seg.load(paths[0])).tensor
+    paired = PairedInference([one_thread_seg], tensor, len(paths))
+
+    def run():
+        out = list(one_thread_seg.segment_batch(paths, prefetch=2))
+        assert not any(isinstance(r, HemosegError) for _, r in out)
+        return out
+
+    benchmark.pedantic(run, setup=paired.measure, rounds=rounds(4, 1))
+    _record(benchmark, one_thread_seg, paths, "batch-spare-core", models, paired)
 
 
 def bench_batch_with_outputs(benchmark, single_seg, batch_seg, paths, models, tmp_path):

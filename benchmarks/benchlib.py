@@ -150,16 +150,18 @@ def load_or_skip(v: Variant, path: Path):
         pytest.skip(str(e))
 
 
-def default_segmenter(models: ModelSet, throughput: bool):
+def default_segmenter(models: ModelSet, throughput: bool, **backend_options):
     """What ``hemoseg-edge segment`` loads without ``--model``: the shipped model in the
     variant ``Segmenter.default_model`` picks for this CPU (the tiny fallback when the real
     models are absent); ``throughput`` as the CLI sets it for several images."""
     from hemoseg_edge.segmenter import Segmenter
 
     if not models.real:
-        return Segmenter.from_engine(models.fallback, backend="auto", throughput=throughput)
+        return Segmenter.from_engine(
+            models.fallback, backend="auto", throughput=throughput, **backend_options
+        )
     os.environ["HEMOSEG_ENGINES"] = str(models.dir)  # searched first by default_model
-    return Segmenter.from_engine(None, backend="auto", throughput=throughput)
+    return Segmenter.from_engine(None, backend="auto", throughput=throughput, **backend_options)
 
 
 def make_fallback_model(folder: Path) -> Path:

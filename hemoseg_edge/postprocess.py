@@ -7,6 +7,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from . import native
 from .preprocess import Geometry, back_map, padded_map
 from .result import Lesion
 
@@ -34,38 +35,56 @@ def fov_box(geometry: Geometry) -> Window:
     return xa, ya, xb, yb
 
 
-def fov_disc_in(geometry: Geometry, window: Window) -> np.ndarray:
-    """``geometry.fov_mask()[y0:y1, x0:x1]`` for ``window``, drawn in the window alone: the
-    disc is rasterised with its centre shifted by whole pixels, which draws the same pixels."""
-    x0, y0, x1, y1 = window
-    disc = np.zeros((y1 - y0, x1 - x0), dtype=np.uint8)
-    inside = _intersect(window, fov_box(geometry))
-    if inside is not None:
-        cx, cy = geometry.fov_center
-        centre = (round(cx) - x0, round(cy) - y0)
-        cv2.circle(disc, centre, max(1, round(geometry.fov_radius)), 1, thickness=-1)
-        ix0, iy0, ix1, iy1 = (v - o for v, o in zip(inside, (x0, y0, x0, y0), strict=True))
-        disc[:iy0] = 0
-        disc[iy1:] = 0
-        disc[:, :ix0] = 0
-        disc[:, ix1:] = 0
-    return disc.view(bool)
-
-
-_STRIP_ROWS = 64
-
-
 @lru_cache(maxsize=64)
-def fov_area(geometry: Geometry) -> int:
-    """Pixels in ``geometry.fov_mask()``, counted strip by strip (``fov_disc_in``), so no
-    full-size image is drawn; cached per geometry (images from one camera share it)."""
+def circle_halfwidths(radius: int) -> np.ndarray:
+    """``hw[d]``: the filled ``cv2.circle`` of this radius (``LINE_8``, no shift) covers rows
+    ``cy +- d`` from ``cx - hw[d]`` to ``cx + hw[d]`` inclusive. OpenCV's midpoint loop, which
+    draws one horizontal line per octant step; rows drawn twice keep the wider line."""
+    hw = np.full(radius + 1, -1, np.int64)
+    err, dx, dy, plus, minus = 0, radius, 0, 1, (radius << 1) - 1
+    while dx >= dy:
+        hw[dy] = max(hw[dy], dx)
+        hw[dx] = max(hw[dx], dy)
+        dy += 1
+        err += plus
+        plus += 2
+        mask = (err <= 0) - 1  # 0 or -1, as in OpenCV
+        err -= minus & mask
+        dx += mask
+        minus -= mask & 2
+    hw.setflags(write=False)
+    return hw
+
+
+def disc_spans(geometry: Geometry, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Columns ``[lo[k], hi[k])`` of ``geometry.fov_mask()`` in row ``y0 + k`` (the FOV disc,
+    clipped to the crop box: one span per row; empty rows have ``lo == hi``)."""
+    cx, cy = geometry.fov_center
+    cxr, cyr, r = round(cx), round(cy), max(1, round(geometry.fov_radius))
     xa, ya, xb, yb = fov_box(geometry)
-    return sum(
-        cv2.countNonZero(
-            fov_disc_in(geometry, (xa, y, xb, min(yb, y + _STRIP_ROWS))).view(np.uint8)
-        )
-        for y in range(ya, yb, _STRIP_ROWS)
-    )
+    y = np.arange(y0, y1)
+    d = np.abs(y - cyr)
+    hw = np.where(d <= r, circle_halfwidths(r)[np.minimum(d, r)], -1)
+    lo = np.maximum(cxr - hw, xa)
+    hi = np.minimum(cxr + hw + 1, xb)
+    hi[(y < ya) | (y >= yb)] = 0
+    return lo, np.maximum(hi, lo)
+
+
+def fov_disc_in(geometry: Geometry, window: Window) -> np.ndarray:
+    """``geometry.fov_mask()[y0:y1, x0:x1]`` for ``window``, built from ``disc_spans`` (no
+    full-size image is drawn)."""
+    x0, y0, x1, y1 = window
+    lo, hi = disc_spans(geometry, y0, y1)
+    cols = np.arange(x0, x1)
+    return (cols >= lo[:, None]) & (cols < hi[:, None])
+
+
+def fov_area(geometry: Geometry) -> int:
+    """Pixels in ``geometry.fov_mask()``, summed over ``disc_spans``."""
+    xa, ya, xb, yb = fov_box(geometry)
+    lo, hi = disc_spans(geometry, ya, yb)
+    return int((hi - lo).sum())
 
 
 def _model_to_window(geometry: Geometry, c0: int, r0: int, c1: int, r1: int) -> Window:
@@ -156,11 +175,15 @@ def mask_and_windows(
     mask = np.zeros((oh, ow), dtype=bool)
     windows = candidate_windows(prob, geometry, threshold)
     padded = padded_map(prob, geometry.model_hw)
+    thr = np.float32(threshold)  # numpy compares a float32 map with a Python float in float32
     for win in windows:
         x0, y0, x1, y1 = win
         sub = mask[y0:y1, x0:x1]
-        np.greater_equal(back_map(geometry, padded, win), threshold, out=sub)
-        sub &= fov_disc_in(geometry, win)
+        lo, hi = disc_spans(geometry, y0, y1)
+        if not native.back_map_ge(padded, geometry.box, win, thr, lo, hi, sub):
+            np.greater_equal(back_map(geometry, padded, win), thr, out=sub)
+            cols = np.arange(x0, x1)
+            sub &= (cols >= lo[:, None]) & (cols < hi[:, None])
     return mask, windows
 
 
@@ -207,6 +230,19 @@ def find_lesions(
     for x0, y0, x1, y1 in windows:
         sub = mask[y0:y1, x0:x1]
         sub = sub.view(np.uint8) if sub.dtype == bool else sub.astype(np.uint8)
+        comps = native.components(sub)
+        if comps is not None:  # exact integer sums: the same centroids
+            for area, bx0, by0, bx1, by1, sx, sy in comps.tolist():
+                ux, uy = (sx + area * x0) / area, (sy + area * y0) / area
+                lesions.append(
+                    Lesion(
+                        area_px=area,
+                        centroid=(round(ux, 1), round(uy, 1)),
+                        bbox=(bx0 + x0, by0 + y0, bx1 - bx0 + 1, by1 - by0 + 1),
+                        quadrant=quadrant_of(ux, uy, cx, cy),
+                    )
+                )
+            continue
         n, _, stats, cents = cv2.connectedComponentsWithStats(sub, connectivity=8)
         for i in range(1, n):
             area = int(stats[i, cv2.CC_STAT_AREA])

@@ -73,3 +73,17 @@ def sample_image() -> Path:
         return p
     require_data()
     return idrid_images("test")[0]
+
+
+@pytest.fixture(params=["native", "numpy"])
+def kernels(request, monkeypatch):
+    """Run a test with the native kernels (``hemoseg_edge/_native.cpp``) and without them."""
+    from hemoseg_edge import native
+
+    if request.param == "numpy":
+        monkeypatch.setenv("HEMOSEG_NATIVE", "0")
+    native._load.cache_clear()
+    if request.param == "native" and not native.available():
+        pytest.skip("native kernels not built (pip install -e . needs a C++ compiler)")
+    yield request.param
+    native._load.cache_clear()

@@ -75,7 +75,7 @@ def real_geometries(sample_image) -> list[Geometry]:
     return out
 
 
-def test_optimised_equals_reference_on_real_images(real_geometries):
+def test_optimised_equals_reference_on_real_images(real_geometries, kernels):
     for g in real_geometries:
         for name, prob in prob_maps().items():
             ref = reference_mask(prob, g, 0.5)
@@ -87,7 +87,7 @@ def test_optimised_equals_reference_on_real_images(real_geometries):
         assert np.array_equal(to_original_mask(prob, g, 0.3), reference_mask(prob, g, 0.3))
 
 
-def test_segment_with_a_real_model_equals_reference(tiny_model, sample_image):
+def test_segment_with_a_real_model_equals_reference(tiny_model, sample_image, kernels):
     seg = Segmenter.from_engine(tiny_model, backend="onnxruntime")
     res = seg.segment(sample_image)
     ref = reference_mask(res.probability, res.geometry, res.threshold)
@@ -106,7 +106,7 @@ def synthetic_geometries() -> list[Geometry]:
     ]
 
 
-def test_fov_disc_equals_fov_mask(real_geometries):
+def test_fov_disc_equals_fov_mask(real_geometries, kernels):
     rng = np.random.default_rng(5)
     for g in real_geometries + synthetic_geometries():
         full = g.fov_mask()
@@ -124,7 +124,7 @@ def test_fov_disc_equals_fov_mask(real_geometries):
             assert np.array_equal(got, full[wy0:wy1, wx0:wx1]), (wx0, wy0, wx1, wy1)
 
 
-def test_synthetic_geometries_equal_reference():
+def test_synthetic_geometries_equal_reference(kernels):
     for g in synthetic_geometries():
         for name, prob in prob_maps(2).items():
             ref = reference_mask(prob, g, 0.5)

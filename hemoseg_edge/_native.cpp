@@ -1,0 +1,309 @@
+// Native CPU kernels for the hot loops of hemoseg_edge.preprocess / .postprocess.
+//
+// Each function reproduces, bit for bit, a computation whose reference lives elsewhere:
+//   hs_area_max3     cv2.resize(frame, (sw, sh), INTER_AREA) (non-integer scale), then the
+//                    per-pixel max over the 3 channels            (preprocess.find_fov)
+//   hs_area_resample preprocess.area_resample on a uint8 plane   (taps computed in Python)
+//   hs_back_map_ge   preprocess.back_map(...) >= threshold inside the FOV disc's row spans
+//                                                                 (postprocess.mask_and_windows)
+//   hs_components    8-connected components with area, bounding box and coordinate sums, as
+//                    cv2.connectedComponentsWithStats gives them  (postprocess.find_lesions)
+// Bit equality rests on doing the same IEEE float32 operations in the same order: build with
+// -ffp-contract=off (no fused multiply-add) and without -ffast-math. tests/test_native.py
+// compares every function with its reference on real IDRiD frames and random inputs.
+//
+// Loaded with ctypes (hemoseg_edge/native.py); plain C ABI, no Python API. All pointers are
+// caller-owned; nothing is allocated across calls.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+struct Tap {
+    int di;  // destination index (already multiplied by the channel count)
+    int si;  // source index (likewise)
+    float alpha;
+};
+
+// OpenCV's computeResizeAreaTab (imgproc/src/resize.cpp), same double arithmetic.
+int area_tab(int ssize, int dsize, int cn, double scale, std::vector<Tap>& tab) {
+    tab.clear();
+    for (int dx = 0; dx < dsize; dx++) {
+        double fsx1 = dx * scale;
+        double fsx2 = fsx1 + scale;
+        double cell = std::min(scale, ssize - fsx1);
+        int sx1 = static_cast<int>(std::ceil(fsx1));
+        int sx2 = static_cast<int>(std::floor(fsx2));
+        sx2 = std::min(sx2, ssize - 1);
+        sx1 = std::min(sx1, sx2);
+        if (sx1 - fsx1 > 1e-3)
+            tab.push_back({dx * cn, (sx1 - 1) * cn, static_cast<float>((sx1 - fsx1) / cell)});
+        for (int sx = sx1; sx < sx2; sx++)
+            tab.push_back({dx * cn, sx * cn, static_cast<float>(1.0 / cell)});
+        if (fsx2 - sx2 > 1e-3)
+            tab.push_back({dx * cn, sx2 * cn,
+                           static_cast<float>(std::min(std::min(fsx2 - sx2, 1.), cell) / cell)});
+    }
+    return static_cast<int>(tab.size());
+}
+
+inline uint8_t saturate_u8(float v) {  // cv::saturate_cast<uchar>(float): round half to even
+    int i = static_cast<int>(std::lrintf(v));
+    return static_cast<uint8_t>(std::min(255, std::max(0, i)));
+}
+
+// One axis of preprocess._bilinear_taps, same float64 arithmetic: for pixels start..stop-1,
+// u = (X + 0.5 - box0) / scale - 0.5; samples floor(u) + 1 and + 2 of the padded map (clipped
+// to 0..n+1), weights float32(1 - frac) and float32(frac).
+void bilinear_taps(int start, int stop, double box0, double scale, int n, std::vector<int>& i0,
+                   std::vector<int>& i1, std::vector<float>& w0, std::vector<float>& w1) {
+    const int len = stop - start;
+    i0.resize(len);
+    i1.resize(len);
+    w0.resize(len);
+    w1.resize(len);
+    for (int k = 0; k < len; k++) {
+        double u = (static_cast<double>(start + k) + 0.5 - box0) / scale - 0.5;
+        double lo = std::floor(u);
+        double frac = u - lo;
+        int64_t l = static_cast<int64_t>(lo);
+        i0[k] = static_cast<int>(std::min<int64_t>(std::max<int64_t>(l + 1, 0), n + 1));
+        i1[k] = static_cast<int>(std::min<int64_t>(std::max<int64_t>(l + 2, 0), n + 1));
+        w0[k] = static_cast<float>(1.0 - frac);
+        w1[k] = static_cast<float>(frac);
+    }
+}
+
+}  // namespace
+
+extern "C" {
+
+int hs_version() { return 1; }
+
+// max over channels of cv2.resize(src, (dw, dh), interpolation=INTER_AREA) for a 3-channel
+// uint8 image whose scale is not an integer on both axes (OpenCV's generic area path).
+// src: h x w x 3, row stride `stride` bytes; out: dh x dw uint8, contiguous. Returns 0.
+// OpenCV's loop, reorganised without changing any float operation: the taps of one output
+// column are consecutive in the table, so each column is summed in a register (0 + x == x);
+// a source row's horizontal sums are computed once even when two output rows share it.
+int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int dw, uint8_t* out) {
+    const int cn = 3;
+    std::vector<Tap> xtab, ytab;
+    int nx = area_tab(w, dw, cn, 1.0 / (static_cast<double>(dw) / w), xtab);
+    int ny = area_tab(h, dh, 1, 1.0 / (static_cast<double>(dh) / h), ytab);
+    // each output column's taps padded to K with weight 0 (t + s * 0 == t for t >= 0), so the
+    // inner loop has a fixed length; sources are pixel indices into the float row
+    int K = 1;
+    std::vector<int> first(dw + 1, nx);  // taps of output column dx: first[dx] .. first[dx+1]
+    for (int k = nx - 1; k >= 0; k--) first[xtab[k].di / cn] = k;
+    for (int dx = dw - 1; dx >= 0; dx--) first[dx] = std::min(first[dx], first[dx + 1]);
+    for (int dx = 0; dx < dw; dx++) K = std::max(K, first[dx + 1] - first[dx]);
+    std::vector<int> xs(static_cast<size_t>(dw) * K);
+    std::vector<float> xa(static_cast<size_t>(dw) * K);
+    for (int dx = 0; dx < dw; dx++) {
+        for (int k = 0; k < K; k++) {
+            const int t = std::min(first[dx] + k, first[dx + 1] - 1);
+            xs[dx * K + k] = std::max(0, xtab[t].si);
+            xa[dx * K + k] = first[dx] + k < first[dx + 1] ? xtab[t].alpha : 0.0f;
+        }
+    }
+    const int width = dw * cn;
+    std::vector<float> row(static_cast<size_t>(w) * cn), buf(width), sum(width, 0.0f);
+    int buf_row = -1;
+    auto flush = [&](int dy) {
+        uint8_t* d = out + static_cast<int64_t>(dy) * dw;
+        for (int dx = 0; dx < dw; dx++) {
+            uint8_t b = saturate_u8(sum[dx * 3]), g = saturate_u8(sum[dx * 3 + 1]);
+            uint8_t r = saturate_u8(sum[dx * 3 + 2]);
+            d[dx] = std::max(std::max(b, g), r);
+        }
+    };
+    int prev_dy = ny ? ytab[0].di : 0;
+    for (int j = 0; j < ny; j++) {
+        const float beta = ytab[j].alpha;
+        const int dy = ytab[j].di;
+        if (ytab[j].si != buf_row) {  // horizontal sums of this source row, once
+            buf_row = ytab[j].si;
+            const uint8_t* s = src + static_cast<int64_t>(buf_row) * stride;
+            for (int i = 0; i < w * cn; i++) row[i] = static_cast<float>(s[i]);
+            for (int dx = 0; dx < dw; dx++) {
+                const int* sk = xs.data() + dx * K;
+                const float* ak = xa.data() + dx * K;
+                float t0 = 0.0f, t1 = 0.0f, t2 = 0.0f;
+                for (int k = 0; k < K; k++) {
+                    const float* p = row.data() + sk[k];
+                    t0 = t0 + p[0] * ak[k];
+                    t1 = t1 + p[1] * ak[k];
+                    t2 = t2 + p[2] * ak[k];
+                }
+                buf[dx * 3] = t0;
+                buf[dx * 3 + 1] = t1;
+                buf[dx * 3 + 2] = t2;
+            }
+        }
+        if (dy != prev_dy) {
+            flush(prev_dy);
+            for (int dx = 0; dx < width; dx++) sum[dx] = beta * buf[dx];
+            prev_dy = dy;
+        } else {
+            for (int dx = 0; dx < width; dx++) sum[dx] += beta * buf[dx];
+        }
+    }
+    if (ny) flush(prev_dy);
+    return 0;
+}
+
+// preprocess.area_resample for a uint8 plane (pixel stride `pix` bytes, row stride `stride`),
+// times `scale`, clipped to [lo, hi] when clip != 0. Taps: rows (iy, wy: h x ky) relative to
+// source row fy, columns (ix, wx: w x kx) relative to source column fx. out: h x w float32.
+int hs_area_resample(const uint8_t* plane, int64_t stride, int64_t pix, int fy, int fx, int nx,
+                     const int64_t* iy, const float* wy, int ky, const int64_t* ix,
+                     const float* wx, int kx, int h, int w, float scale, int clip, float* out) {
+    std::vector<float> rows(static_cast<size_t>(nx));
+    const uint8_t* base = plane + static_cast<int64_t>(fy) * stride + static_cast<int64_t>(fx) * pix;
+    for (int j = 0; j < h; j++) {
+        const int64_t* rj = iy + static_cast<int64_t>(j) * ky;
+        const float* wj = wy + static_cast<int64_t>(j) * ky;
+        {  // rows: rows[c] = sum_k band[iy[j,k], c] * wy[j,k], in k order
+            const uint8_t* s = base + rj[0] * stride;
+            const float a = wj[0];
+            for (int c = 0; c < nx; c++) rows[c] = static_cast<float>(s[c * pix]) * a;
+        }
+        for (int k = 1; k < ky; k++) {
+            const uint8_t* s = base + rj[k] * stride;
+            const float a = wj[k];
+            for (int c = 0; c < nx; c++) rows[c] += static_cast<float>(s[c * pix]) * a;
+        }
+        float* o = out + static_cast<int64_t>(j) * w;
+        for (int i = 0; i < w; i++) {  // columns, then the scale and clip
+            const int64_t* ci = ix + static_cast<int64_t>(i) * kx;
+            const float* wi = wx + static_cast<int64_t>(i) * kx;
+            float v = rows[ci[0]] * wi[0];
+            for (int k = 1; k < kx; k++) v += rows[ci[k]] * wi[k];
+            if (scale != 1.0f) v *= scale;
+            if (clip) v = std::min(1.0f, std::max(0.0f, v));
+            o[i] = v;
+        }
+    }
+    return 0;
+}
+
+// preprocess.back_map on a window (x0, y0, x1, y1), thresholded and limited to one span of
+// columns per row: out[y, x] = value >= thr and span_lo[y] <= x0 + x < span_hi[y] (the FOV
+// disc inside the crop box). padded: (h + 2) x (w + 2) float32, the model map with a zero
+// border; box: the crop box in original pixels (Geometry.box). out: bool/uint8 rows of
+// `out_stride` bytes, the window of the full mask. Scratch: the model rows the window needs.
+int hs_back_map_ge(const float* padded, int h, int w, double bx0, double by0, double bx1,
+                   double by1, int x0, int y0, int x1, int y1, float thr, const int* span_lo,
+                   const int* span_hi, uint8_t* out, int64_t out_stride) {
+    const int ww = x1 - x0, wh = y1 - y0;
+    if (ww <= 0 || wh <= 0) return 0;
+    std::vector<int> c0, c1, r0, r1;
+    std::vector<float> cw0, cw1, rw0, rw1;
+    bilinear_taps(x0, x1, bx0, (bx1 - bx0) / w, w, c0, c1, cw0, cw1);
+    bilinear_taps(y0, y1, by0, (by1 - by0) / h, h, r0, r1, rw0, rw1);
+    const int pw = w + 2;
+    const int lo = *std::min_element(r0.begin(), r0.end());
+    const int hi = *std::max_element(r1.begin(), r1.end());
+    const int n = hi - lo + 1;
+    std::vector<float> c(static_cast<size_t>(n) * ww);
+    for (int rr = 0; rr < n; rr++) {  // columns first, on the model rows needed
+        const float* p = padded + static_cast<int64_t>(lo + rr) * pw;
+        float* cr = c.data() + static_cast<int64_t>(rr) * ww;
+        for (int x = 0; x < ww; x++) {
+            float v = p[c0[x]] * cw0[x];
+            v += p[c1[x]] * cw1[x];
+            cr[x] = v;
+        }
+    }
+    for (int y = 0; y < wh; y++) {  // then rows and the threshold, inside the span
+        uint8_t* o = out + y * out_stride;
+        const int a0 = std::max(span_lo[y] - x0, 0), a1 = std::min(span_hi[y] - x0, ww);
+        std::fill(o, o + ww, uint8_t{0});
+        if (a0 >= a1) continue;
+        const float* a = c.data() + static_cast<int64_t>(r0[y] - lo) * ww;
+        const float* b = c.data() + static_cast<int64_t>(r1[y] - lo) * ww;
+        const float wa = rw0[y], wb = rw1[y];
+        for (int x = a0; x < a1; x++) {
+            float v = a[x] * wa;
+            v += b[x] * wb;
+            o[x] = static_cast<uint8_t>(v >= thr);
+        }
+    }
+    return 0;
+}
+
+// 8-connected components of a binary window (non-zero = foreground), in no particular order.
+// For component k, stats[k * 7 + ...] = area, x0, y0, x1 (inclusive), y1 (inclusive), sum of x,
+// sum of y (window coordinates). Returns the number of components, or -1 when it exceeds
+// `capacity` (the caller retries with more; ceil(h/2) * ceil(w/2) always suffices).
+int hs_components(const uint8_t* mask, int64_t stride, int h, int w, int64_t* stats,
+                  int capacity) {
+    if (h <= 0 || w <= 0) return 0;
+    std::vector<int32_t> label(static_cast<size_t>(h) * w, 0);
+    std::vector<int32_t> parent(1, 0);
+    auto find = [&](int32_t a) {
+        while (parent[a] != a) {
+            parent[a] = parent[parent[a]];
+            a = parent[a];
+        }
+        return a;
+    };
+    auto unite = [&](int32_t a, int32_t b) {
+        a = find(a);
+        b = find(b);
+        if (a != b) parent[std::max(a, b)] = std::min(a, b);
+        return std::min(a, b);
+    };
+    for (int y = 0; y < h; y++) {  // first pass: provisional labels, equivalences
+        const uint8_t* m = mask + y * stride;
+        int32_t* l = label.data() + static_cast<int64_t>(y) * w;
+        const int32_t* up = y ? l - w : nullptr;
+        for (int x = 0; x < w; x++) {
+            if (!m[x]) continue;
+            int32_t best = 0;
+            const int32_t nb[4] = {x ? l[x - 1] : 0, up && x ? up[x - 1] : 0, up ? up[x] : 0,
+                                   up && x + 1 < w ? up[x + 1] : 0};
+            for (int32_t v : nb)
+                if (v) best = best ? unite(best, v) : find(v);
+            if (!best) {
+                best = static_cast<int32_t>(parent.size());
+                parent.push_back(best);
+            }
+            l[x] = best;
+        }
+    }
+    std::vector<int32_t> index(parent.size(), -1);  // root -> component number
+    int n = 0;
+    for (size_t a = 1; a < parent.size(); a++) {
+        const int32_t r = find(static_cast<int32_t>(a));
+        if (index[r] < 0) {
+            if (n >= capacity) return -1;
+            index[r] = n;
+            int64_t* s = stats + static_cast<int64_t>(n) * 7;
+            s[0] = 0, s[1] = w, s[2] = h, s[3] = -1, s[4] = -1, s[5] = 0, s[6] = 0;
+            n++;
+        }
+        index[a] = index[r];
+    }
+    for (int y = 0; y < h; y++) {  // second pass: statistics
+        const int32_t* l = label.data() + static_cast<int64_t>(y) * w;
+        for (int x = 0; x < w; x++) {
+            if (!l[x]) continue;
+            int64_t* s = stats + static_cast<int64_t>(index[l[x]]) * 7;
+            s[0] += 1;
+            s[1] = std::min<int64_t>(s[1], x);
+            s[2] = std::min<int64_t>(s[2], y);
+            s[3] = std::max<int64_t>(s[3], x);
+            s[4] = std::max<int64_t>(s[4], y);
+            s[5] += x;
+            s[6] += y;
+        }
+    }
+    return n;
+}
+
+}  // extern "C"

@@ -1,0 +1,144 @@
+"""Optional native kernels (``_native.cpp``, built by ``pip install``; loaded with ctypes).
+
+Each kernel reproduces a reference in this package bit for bit (``tests/test_native.py``), so
+results do not depend on whether it is present: without a compiler, or with
+``HEMOSEG_NATIVE=0`` in the environment, the numpy/OpenCV references run instead. ctypes
+releases the GIL during each call, so the batch pipeline's threads run them in parallel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import os
+from functools import lru_cache
+
+import numpy as np
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int
+_L = ctypes.c_int64
+_F = ctypes.c_float
+_SIGNATURES = {
+    "hs_area_max3": [_P, _I, _I, _L, _I, _I, _P],
+    "hs_area_resample": [_P, _L, _L, _I, _I, _I, _P, _P, _I, _P, _P, _I, _I, _I, _F, _I, _P],
+    "hs_components": [_P, _L, _I, _I, _P, _I],
+    "hs_back_map_ge": [_P, _I, _I] + [ctypes.c_double] * 4 + [_I] * 4 + [_F, _P, _P, _P, _L],
+}
+
+
+@lru_cache(maxsize=1)
+def _load() -> ctypes.CDLL | None:
+    if os.environ.get("HEMOSEG_NATIVE", "1") == "0":
+        return None
+    spec = importlib.util.find_spec("hemoseg_edge._native")  # locates the file, no import
+    if spec is None or not spec.origin:
+        return None
+    try:
+        lib = ctypes.CDLL(spec.origin)
+    except OSError:
+        return None
+    for name, args in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, _I
+    return lib
+
+
+def available() -> bool:
+    """True when the native kernels are built and not disabled (``HEMOSEG_NATIVE=0``)."""
+    return _load() is not None
+
+
+def _ptr(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+def area_max3(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
+    """``cv2.resize(frame, size, INTER_AREA).max(axis=2)`` for a 3-channel uint8 frame, or
+    None where the native kernel does not apply (not built; integer scale, which OpenCV
+    computes another way; a layout other than packed rows)."""
+    lib = _load()
+    h, w = frame.shape[:2]
+    dw, dh = size
+    if (
+        lib is None
+        or frame.ndim != 3
+        or frame.shape[2] != 3
+        or frame.dtype != np.uint8
+        or frame.strides[1:] != (3, 1)
+        or not (dw < w and dh < h)
+        or (w % dw == 0 and h % dh == 0)
+    ):
+        return None
+    out = np.empty((dh, dw), np.uint8)
+    lib.hs_area_max3(_ptr(frame), h, w, frame.strides[0], dh, dw, _ptr(out))
+    return out
+
+
+def area_resample_u8(
+    plane: np.ndarray,
+    fy: int,
+    fx: int,
+    nx: int,
+    iy: np.ndarray,
+    wy: np.ndarray,
+    ix: np.ndarray,
+    wx: np.ndarray,
+    scale: float = 1.0,
+    clip: bool = False,
+) -> np.ndarray | None:
+    """``preprocess.area_resample`` of a uint8 plane (any positive strides) from its taps, then
+    ``*= float32(scale)`` and optionally clipped to [0, 1]; None without the native kernel."""
+    lib = _load()
+    if lib is None or plane.dtype != np.uint8 or plane.ndim != 2 or min(plane.strides) <= 0:
+        return None
+    h, w = iy.shape[0], ix.shape[0]
+    out = np.empty((h, w), np.float32)
+    lib.hs_area_resample(
+        _ptr(plane), plane.strides[0], plane.strides[1], fy, fx, nx,
+        _ptr(iy), _ptr(wy), iy.shape[1], _ptr(ix), _ptr(wx), ix.shape[1],
+        h, w, float(np.float32(scale)), int(clip), _ptr(out),
+    )  # fmt: skip
+    return out
+
+
+def back_map_ge(
+    padded: np.ndarray,
+    box: tuple[float, float, float, float],
+    window: tuple[int, int, int, int],
+    threshold: np.float32,
+    span_lo: np.ndarray,
+    span_hi: np.ndarray,
+    out: np.ndarray,
+) -> bool:
+    """``out[...] = back_map(geometry, padded, window) >= threshold`` where
+    ``span_lo[y] <= x < span_hi[y]`` (original-pixel columns, one span per window row), else
+    False; ``box``: ``Geometry.box``; ``out``: the window of the full bool mask. Returns False
+    (nothing written) without the native kernel."""
+    lib = _load()
+    if lib is None or out.strides[1] != 1 or not padded.flags.c_contiguous:
+        return False
+    lo = np.ascontiguousarray(span_lo, dtype=np.int32)
+    hi = np.ascontiguousarray(span_hi, dtype=np.int32)
+    lib.hs_back_map_ge(
+        _ptr(padded), padded.shape[0] - 2, padded.shape[1] - 2, *box, *window,
+        float(threshold), _ptr(lo), _ptr(hi), _ptr(out), out.strides[0],
+    )  # fmt: skip
+    return True
+
+
+def components(mask: np.ndarray) -> np.ndarray | None:
+    """8-connected components of a 2-D bool/uint8 window (rows may be strided): an ``(n, 7)``
+    int64 array of area, x0, y0, x1, y1 (inclusive), sum of x, sum of y, in window
+    coordinates and no particular order; None without the native kernel."""
+    lib = _load()
+    if lib is None or mask.ndim != 2 or mask.itemsize != 1 or mask.strides[1] != 1:
+        return None
+    h, w = mask.shape
+    capacity = max(1, min(-(-h // 2) * -(-w // 2), 4096))
+    while True:
+        stats = np.empty((capacity, 7), np.int64)
+        n = lib.hs_components(_ptr(mask), mask.strides[0], h, w, _ptr(stats), capacity)
+        if n >= 0:
+            return stats[:n]
+        capacity = -(-h // 2) * -(-w // 2)  # always enough
