@@ -6,7 +6,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from benchlib import FP32, rounds
+from benchlib import FP32, forget_caches, kernels, rounds
 
 from hemoseg_edge import quality
 from hemoseg_edge.postprocess import quadrant_of
@@ -40,12 +40,17 @@ def reference_postprocess(prob, pre, image, thr):
     return mask, lesions, fov_area, flags
 
 
-def bench_postprocess(benchmark, case, models):
+@pytest.mark.parametrize("native_on", [True, False], ids=["native", "numpy"])
+def bench_postprocess(benchmark, case, models, native_on):
+    """As for a new photograph: per-geometry caches emptied before each round."""
     seg, image, pre, prob = case
     benchmark.group = "postprocess"
-    res = benchmark.pedantic(seg.postprocess, args=(prob, pre, image, {}), rounds=rounds(20, 5))
+    with kernels(native_on) as kernel:
+        res = benchmark.pedantic(
+            seg.postprocess, args=(prob, pre, image, {}), setup=forget_caches, rounds=rounds(20, 5)
+        )
     benchmark.extra_info.update(
-        variant="optimised (per-lesion-group windows, cached FOV disc)",
+        variant=f"optimised (per-lesion-group windows, FOV disc spans), {kernel}",
         lesions=len(res.lesions),
         mask_fraction=round(float(res.mask.mean()), 6),
         real_model=models.real,

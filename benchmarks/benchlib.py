@@ -9,6 +9,7 @@ Environment:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import platform
@@ -148,6 +149,40 @@ def load_or_skip(v: Variant, path: Path):
         )
     except BackendUnavailableError as e:
         pytest.skip(str(e))
+
+
+def forget_caches() -> None:
+    """Empty the per-geometry caches (resampling taps, FOV circle spans). Every new photograph
+    has its own FOV box, so a round that reuses the same N images would otherwise time cache
+    hits that a camera never gets."""
+    from hemoseg_edge.postprocess import circle_halfwidths
+    from hemoseg_edge.preprocess import _area_taps, area_weights
+
+    for cached in (_area_taps, area_weights, circle_halfwidths):
+        cached.cache_clear()
+
+
+@contextlib.contextmanager
+def kernels(native_on: bool):
+    """Run with the native kernels (``hemoseg_edge/_native.cpp``) on or off (``HEMOSEG_NATIVE``);
+    both give the same bits, so only the speed differs."""
+    import pytest
+
+    from hemoseg_edge import native
+
+    old = os.environ.get("HEMOSEG_NATIVE")
+    os.environ["HEMOSEG_NATIVE"] = "1" if native_on else "0"
+    native._load.cache_clear()
+    try:
+        if native_on and not native.available():
+            pytest.skip("native kernels not built")
+        yield "native" if native_on else "numpy/OpenCV reference"
+    finally:
+        if old is None:
+            os.environ.pop("HEMOSEG_NATIVE", None)
+        else:
+            os.environ["HEMOSEG_NATIVE"] = old
+        native._load.cache_clear()
 
 
 def default_segmenter(models: ModelSet, throughput: bool, **backend_options):

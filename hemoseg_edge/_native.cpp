@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -101,17 +102,23 @@ int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int d
     for (int k = nx - 1; k >= 0; k--) first[xtab[k].di / cn] = k;
     for (int dx = dw - 1; dx >= 0; dx--) first[dx] = std::min(first[dx], first[dx + 1]);
     for (int dx = 0; dx < dw; dx++) K = std::max(K, first[dx + 1] - first[dx]);
-    std::vector<int> xs(static_cast<size_t>(dw) * K);
-    std::vector<float> xa(static_cast<size_t>(dw) * K);
+    // tap k of output value i = dx * 3 + ch: source value src_k[i], weight alpha_k[i]; the
+    // sums then run over i in vector registers, still in tap order
+    const int width = dw * cn;
+    std::vector<int> src_k(static_cast<size_t>(K) * width);
+    std::vector<float> alpha_k(static_cast<size_t>(K) * width);
     for (int dx = 0; dx < dw; dx++) {
         for (int k = 0; k < K; k++) {
             const int t = std::min(first[dx] + k, first[dx + 1] - 1);
-            xs[dx * K + k] = std::max(0, xtab[t].si);
-            xa[dx * K + k] = first[dx] + k < first[dx + 1] ? xtab[t].alpha : 0.0f;
+            const float a = first[dx] + k < first[dx + 1] ? xtab[t].alpha : 0.0f;
+            for (int ch = 0; ch < cn; ch++) {
+                src_k[k * width + dx * cn + ch] = xtab[t].si + ch;
+                alpha_k[k * width + dx * cn + ch] = a;
+            }
         }
     }
-    const int width = dw * cn;
-    std::vector<float> row(static_cast<size_t>(w) * cn), buf(width), sum(width, 0.0f);
+    std::vector<float> row(static_cast<size_t>(w) * cn), gathered(width), buf(width),
+        sum(width, 0.0f);
     int buf_row = -1;
     auto flush = [&](int dy) {
         uint8_t* d = out + static_cast<int64_t>(dy) * dw;
@@ -129,19 +136,15 @@ int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int d
             buf_row = ytab[j].si;
             const uint8_t* s = src + static_cast<int64_t>(buf_row) * stride;
             for (int i = 0; i < w * cn; i++) row[i] = static_cast<float>(s[i]);
-            for (int dx = 0; dx < dw; dx++) {
-                const int* sk = xs.data() + dx * K;
-                const float* ak = xa.data() + dx * K;
-                float t0 = 0.0f, t1 = 0.0f, t2 = 0.0f;
-                for (int k = 0; k < K; k++) {
-                    const float* p = row.data() + sk[k];
-                    t0 = t0 + p[0] * ak[k];
-                    t1 = t1 + p[1] * ak[k];
-                    t2 = t2 + p[2] * ak[k];
+            for (int k = 0; k < K; k++) {
+                const int* sk = src_k.data() + static_cast<size_t>(k) * width;
+                const float* ak = alpha_k.data() + static_cast<size_t>(k) * width;
+                for (int i = 0; i < width; i++) gathered[i] = row[sk[i]];
+                if (k == 0) {
+                    for (int i = 0; i < width; i++) buf[i] = 0.0f + gathered[i] * ak[i];
+                } else {
+                    for (int i = 0; i < width; i++) buf[i] = buf[i] + gathered[i] * ak[i];
                 }
-                buf[dx * 3] = t0;
-                buf[dx * 3 + 1] = t1;
-                buf[dx * 3 + 2] = t2;
             }
         }
         if (dy != prev_dy) {
@@ -240,11 +243,15 @@ int hs_back_map_ge(const float* padded, int h, int w, double bx0, double by0, do
 // For component k, stats[k * 7 + ...] = area, x0, y0, x1 (inclusive), y1 (inclusive), sum of x,
 // sum of y (window coordinates). Returns the number of components, or -1 when it exceeds
 // `capacity` (the caller retries with more; ceil(h/2) * ceil(w/2) always suffices).
+// Run-length union-find: memory and time follow the foreground runs, not the window's area
+// (zero bytes are skipped 8 at a time).
 int hs_components(const uint8_t* mask, int64_t stride, int h, int w, int64_t* stats,
                   int capacity) {
-    if (h <= 0 || w <= 0) return 0;
-    std::vector<int32_t> label(static_cast<size_t>(h) * w, 0);
-    std::vector<int32_t> parent(1, 0);
+    struct Run {
+        int y, x0, x1;  // x1 exclusive
+    };
+    std::vector<Run> runs;
+    std::vector<int32_t> parent;
     auto find = [&](int32_t a) {
         while (parent[a] != a) {
             parent[a] = parent[parent[a]];
@@ -252,56 +259,57 @@ int hs_components(const uint8_t* mask, int64_t stride, int h, int w, int64_t* st
         }
         return a;
     };
-    auto unite = [&](int32_t a, int32_t b) {
-        a = find(a);
-        b = find(b);
-        if (a != b) parent[std::max(a, b)] = std::min(a, b);
-        return std::min(a, b);
-    };
-    for (int y = 0; y < h; y++) {  // first pass: provisional labels, equivalences
+    size_t prev_begin = 0, prev_end = 0;  // the previous row's runs
+    for (int y = 0; y < h; y++) {
         const uint8_t* m = mask + y * stride;
-        int32_t* l = label.data() + static_cast<int64_t>(y) * w;
-        const int32_t* up = y ? l - w : nullptr;
-        for (int x = 0; x < w; x++) {
-            if (!m[x]) continue;
-            int32_t best = 0;
-            const int32_t nb[4] = {x ? l[x - 1] : 0, up && x ? up[x - 1] : 0, up ? up[x] : 0,
-                                   up && x + 1 < w ? up[x + 1] : 0};
-            for (int32_t v : nb)
-                if (v) best = best ? unite(best, v) : find(v);
-            if (!best) {
-                best = static_cast<int32_t>(parent.size());
-                parent.push_back(best);
+        const size_t begin = runs.size();
+        int x = 0;
+        while (x < w) {
+            while (x + 8 <= w) {  // skip zero bytes a word at a time
+                uint64_t word;
+                std::memcpy(&word, m + x, 8);
+                if (word) break;
+                x += 8;
             }
-            l[x] = best;
+            while (x < w && !m[x]) x++;
+            if (x >= w) break;
+            const int x0 = x;
+            while (x < w && m[x]) x++;
+            runs.push_back({y, x0, x});
+            parent.push_back(static_cast<int32_t>(parent.size()));
         }
+        size_t k = prev_begin;  // union with the previous row's runs that touch (8-connected)
+        for (size_t r = begin; r < runs.size(); r++) {
+            while (k < prev_end && runs[k].x1 < runs[r].x0) k++;  // ends left of x0 - 1
+            for (size_t q = k; q < prev_end && runs[q].x0 <= runs[r].x1; q++) {
+                int32_t a = find(static_cast<int32_t>(r)), b = find(static_cast<int32_t>(q));
+                if (a != b) parent[std::max(a, b)] = std::min(a, b);
+            }
+        }
+        prev_begin = begin;
+        prev_end = runs.size();
     }
-    std::vector<int32_t> index(parent.size(), -1);  // root -> component number
+    std::vector<int32_t> index(runs.size(), -1);  // root -> component number
     int n = 0;
-    for (size_t a = 1; a < parent.size(); a++) {
-        const int32_t r = find(static_cast<int32_t>(a));
-        if (index[r] < 0) {
+    for (size_t r = 0; r < runs.size(); r++) {
+        const int32_t root = find(static_cast<int32_t>(r));
+        if (index[root] < 0) {
             if (n >= capacity) return -1;
-            index[r] = n;
+            index[root] = n;
             int64_t* s = stats + static_cast<int64_t>(n) * 7;
             s[0] = 0, s[1] = w, s[2] = h, s[3] = -1, s[4] = -1, s[5] = 0, s[6] = 0;
             n++;
         }
-        index[a] = index[r];
-    }
-    for (int y = 0; y < h; y++) {  // second pass: statistics
-        const int32_t* l = label.data() + static_cast<int64_t>(y) * w;
-        for (int x = 0; x < w; x++) {
-            if (!l[x]) continue;
-            int64_t* s = stats + static_cast<int64_t>(index[l[x]]) * 7;
-            s[0] += 1;
-            s[1] = std::min<int64_t>(s[1], x);
-            s[2] = std::min<int64_t>(s[2], y);
-            s[3] = std::max<int64_t>(s[3], x);
-            s[4] = std::max<int64_t>(s[4], y);
-            s[5] += x;
-            s[6] += y;
-        }
+        const Run& run = runs[r];
+        int64_t* s = stats + static_cast<int64_t>(index[root]) * 7;
+        const int64_t len = run.x1 - run.x0;
+        s[0] += len;
+        s[1] = std::min<int64_t>(s[1], run.x0);
+        s[2] = std::min<int64_t>(s[2], run.y);
+        s[3] = std::max<int64_t>(s[3], run.x1 - 1);
+        s[4] = std::max<int64_t>(s[4], run.y);
+        s[5] += len * (run.x0 + run.x1 - 1) / 2;  // x0 + ... + (x1 - 1)
+        s[6] += len * run.y;
     }
     return n;
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import importlib.util
 import os
+import platform
 from functools import lru_cache
 
 import numpy as np
@@ -53,15 +54,22 @@ def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
 
 
+# OpenCV's own INTER_AREA is the reference for area_max3. Its x86-64 build does not fuse
+# multiply-adds, so the kernel matches it there (tests/test_native.py); an aarch64 build of
+# OpenCV may fuse them (GCC's default there), so elsewhere OpenCV runs.
+_AREA_MAX3_MACHINES = frozenset({"x86_64", "amd64"})
+
+
 def area_max3(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
     """``cv2.resize(frame, size, INTER_AREA).max(axis=2)`` for a 3-channel uint8 frame, or
-    None where the native kernel does not apply (not built; integer scale, which OpenCV
-    computes another way; a layout other than packed rows)."""
+    None where the native kernel does not apply (not built; not x86-64; integer scale, which
+    OpenCV computes another way; a layout other than packed rows)."""
     lib = _load()
     h, w = frame.shape[:2]
     dw, dh = size
     if (
         lib is None
+        or platform.machine().lower() not in _AREA_MAX3_MACHINES
         or frame.ndim != 3
         or frame.shape[2] != 3
         or frame.dtype != np.uint8

@@ -40,7 +40,7 @@ def circle_halfwidths(radius: int) -> np.ndarray:
     """``hw[d]``: the filled ``cv2.circle`` of this radius (``LINE_8``, no shift) covers rows
     ``cy +- d`` from ``cx - hw[d]`` to ``cx + hw[d]`` inclusive. OpenCV's midpoint loop, which
     draws one horizontal line per octant step; rows drawn twice keep the wider line."""
-    hw = np.full(radius + 1, -1, np.int64)
+    hw = [-1] * (radius + 1)  # a list: ~5x faster than numpy item access in this loop
     err, dx, dy, plus, minus = 0, radius, 0, 1, (radius << 1) - 1
     while dx >= dy:
         hw[dy] = max(hw[dy], dx)
@@ -52,8 +52,9 @@ def circle_halfwidths(radius: int) -> np.ndarray:
         err -= minus & mask
         dx += mask
         minus -= mask & 2
-    hw.setflags(write=False)
-    return hw
+    out = np.array(hw, np.int64)
+    out.setflags(write=False)
+    return out
 
 
 def disc_spans(geometry: Geometry, y0: int, y1: int) -> tuple[np.ndarray, np.ndarray]:

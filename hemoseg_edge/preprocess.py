@@ -35,6 +35,10 @@ pixels and ``sX = (X1 - X0) / W``. Coordinates are float64, weights float32 (``1
 ``f``), columns are blended first, then rows, in float32; model samples outside the map count
 as 0 (values fade to 0 within half a model pixel beyond the box). No fixed-point rounding, so
 any window of the map equals the same part of the whole map bit for bit.
+
+``native`` (``_native.cpp``) computes the FOV shrink and step 4 for uint8 frames with the same
+float operations in the same order, bit for bit (``tests/test_native.py``); this module's
+numpy/OpenCV code is the reference and runs wherever the native kernels are not built.
 """
 
 from __future__ import annotations
@@ -301,19 +305,32 @@ def area_weights(start: float, stop: float, dst_len: int) -> tuple[int, np.ndarr
 def _area_taps(start: float, stop: float, dst_len: int) -> tuple[int, int, np.ndarray, np.ndarray]:
     """``area_weights`` as taps: ``(first, n, idx, w)``: ``n`` source pixels from ``first``,
     ``idx[j, k]`` the source offsets and ``w[j, k]`` the weights of output ``j`` (zero-weight
-    padding where a row has fewer)."""
-    first, dense = area_weights(start, stop, dst_len)
-    nonzero = dense > 0
-    lo = nonzero.argmax(axis=1)
-    hi = dense.shape[1] - nonzero[:, ::-1].argmax(axis=1)
+    padding where a row has fewer). Computed from the same float64 formula as
+    ``area_weights``, on the few source pixels under each footprint only (the dense matrix
+    cost ~3 ms per axis, and every image's FOV box is new)."""
+    if not stop > start or dst_len < 1:
+        raise ValueError(f"bad resample interval [{start}, {stop}) -> {dst_len}")
+    s = (stop - start) / dst_len
+    first, last = int(np.floor(start)), int(np.ceil(stop))
+    a = start + s * np.arange(dst_len, dtype=np.float64)[:, None]
+    b = a + s
+
+    def weight(c: np.ndarray) -> np.ndarray:  # area_weights' formula; 0 outside its columns
+        w = np.clip(np.minimum(b, c + 1.0) - np.maximum(a, c), 0.0, None) / s
+        return np.where((c >= first) & (c < last), w, 0.0).astype(np.float32)
+
+    cand = np.floor(a) + np.arange(int(np.ceil(s)) + 2)  # covers [floor(a), ceil(b))
+    nonzero = weight(cand) > 0
+    lo = (cand[:, 0] + nonzero.argmax(axis=1) - first).astype(np.int64)
+    hi = (cand[:, 0] + nonzero.shape[1] - nonzero[:, ::-1].argmax(axis=1) - first).astype(np.int64)
     k = int((hi - lo).max())
     want = lo[:, None] + np.arange(k)
-    idx = np.minimum(want, dense.shape[1] - 1)
-    w = np.where(want < hi[:, None], np.take_along_axis(dense, idx, axis=1), np.float32(0))
+    idx = np.minimum(want, last - first - 1)
+    w = np.where(want < hi[:, None], weight((idx + first).astype(np.float64)), np.float32(0))
     w = w.astype(np.float32, copy=False)
     for arr in (idx, w):  # cached: shared by every caller
         arr.setflags(write=False)
-    return first, dense.shape[1], idx, w
+    return first, last - first, idx, w
 
 
 def area_resample(

@@ -7,6 +7,7 @@ filled circle, and the whole preprocessing of real IDRiD/DIARETDB1 images.
 from __future__ import annotations
 
 import os
+import platform
 
 import cv2
 import numpy as np
@@ -22,6 +23,7 @@ from hemoseg_edge.preprocess import (
     _percentile_u8,
     _resample_native,
     area_resample,
+    area_weights,
     find_fov,
     preprocess_frame,
 )
@@ -59,6 +61,8 @@ def test_disabled_by_environment(monkeypatch):
 
 
 def test_area_max3_equals_opencv_inter_area(needs_native):
+    if platform.machine().lower() not in native._AREA_MAX3_MACHINES:
+        pytest.skip("area_max3 runs on x86-64 only (OpenCV's reference there)")
     rng = np.random.default_rng(0)
     frames = real_frames()
     frames.append(frames[0][3:-5, 7:-2])  # rows with a stride wider than the row
@@ -169,3 +173,22 @@ def test_components_equal_opencv(needs_native):
             for (x, y, w, h, a), (cx, cy) in zip(stats[1:], cents[1:], strict=True)
         )
         assert sorted(tuple(r) for r in got.tolist()) == ref
+
+
+def test_area_taps_equal_the_dense_weights():
+    """``_area_taps`` (computed on each footprint) = the non-zero run of each ``area_weights``
+    row, the definition."""
+    rng = np.random.default_rng(6)
+    cases = [(0.0, 1072.0, 576), (13.0, 851.0, 560), (0.5, 3.25, 560), (10.25, 11.0, 7)]
+    for i in range(300):
+        a = float(rng.integers(0, 2000)) + (0.25 if i % 2 else 0.0)
+        cases.append((a, a + float(rng.uniform(0.1, 3000)) * (1 if i % 3 else 0.01), 1 + i))
+    for start, stop, n in cases:
+        area_weights.cache_clear()
+        first, dense = area_weights(start, stop, n)
+        f, width, idx, w = _area_taps(start, stop, n)
+        assert (f, width) == (first, dense.shape[1])
+        rebuilt = np.zeros_like(dense)
+        np.add.at(rebuilt, (np.arange(n)[:, None], idx), w)  # padding taps add 0
+        assert np.array_equal(rebuilt, dense)
+        assert w.dtype == np.float32 and (w > 0).sum() == (dense > 0).sum()
