@@ -78,16 +78,16 @@ def render_outputs(
 ) -> dict[str, bytes]:
     """Mask PNG (original size, 1-bit), overlay JPEG and JSON as ``{file name: bytes}``, in that
     order; ``extra`` (e.g. ``{"dicom": {...}}``) is merged into the JSON's top level."""
-    from .io import encode_jpeg, encode_png, load_overlay_frame
+    from .io import encode_jpeg, encode_png_mask, load_overlay_frame
     from .postprocess import render_overlay
 
     names = output_names(stem)
-    mask_png = encode_png(result.mask.view("uint8") * np.uint8(255), bilevel=True)
+    mask_png = encode_png_mask(result.mask)
     colour = load_overlay_frame(path, result, overlay_max_side)
     summary = f"hemorrhage {result.burden_percent:.2f}% of FOV, {len(result.lesions)} lesions" + (
         f"  [{', '.join(result.flags)}]" if result.flags else ""
     )
-    overlay = encode_jpeg(render_overlay(colour, result.mask, summary))
+    overlay = encode_jpeg(render_overlay(colour, result.mask_windows, summary))
     d = result.to_dict()
     d["input"] = str(path)
     d["outputs"] = {"mask": names[0], "overlay": names[1]}

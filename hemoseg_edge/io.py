@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import io
 import os
+import struct
 import tempfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,13 +238,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     atomic_write(path, _w)
 
 
-def encode_png(image: np.ndarray, bilevel: bool = False) -> bytes:
-    """PNG bytes; ``bilevel``: a 0/255 mask stored as 1 bit per pixel (smaller, ~2x faster;
-    OpenCV reads it back as 0/255 uint8)."""
-    ok, buf = cv2.imencode(".png", image, [cv2.IMWRITE_PNG_BILEVEL, 1] if bilevel else [])
-    if not ok:  # pragma: no cover
-        raise RuntimeError("PNG encoding failed")
-    return buf.tobytes()
+def encode_png_mask(mask: np.ndarray) -> bytes:
+    """A boolean mask as a 1-bit greyscale PNG (True = white; OpenCV reads it as 0/255 uint8),
+    written directly: rows packed 8 pixels per byte, filter 0, deflate with run-length matching
+    (the mask is mostly zeros). ~3x faster than OpenCV's bilevel PNG writer, and smaller."""
+    if mask.ndim != 2 or mask.dtype != bool:
+        raise ValueError(f"expected a 2-D bool mask, got {mask.dtype} {mask.shape}")
+    h, w = mask.shape
+    packed = np.packbits(mask, axis=1)  # most significant bit first, as PNG wants
+    raw = np.zeros((h, packed.shape[1] + 1), np.uint8)  # column 0: each row's filter byte
+    raw[:, 1:] = packed
+    deflate = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    idat = deflate.compress(raw.data) + deflate.flush()
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)  # 1 bit, greyscale, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 92) -> bytes:
@@ -278,5 +291,7 @@ def load_overlay_frame(path: str | os.PathLike, result, max_side: int = 2048) ->
     fh, fw = frame.shape[:2]
     if max_side and max(fh, fw) > max_side:
         s = max_side / max(fh, fw)
-        frame = cv2.resize(frame, (round(fw * s), round(fh * s)), interpolation=cv2.INTER_AREA)
+        # the DCT scale did most of the shrinking; a mild rest (> 1/2) needs no area filter
+        interp = cv2.INTER_AREA if s < 0.5 else cv2.INTER_LINEAR
+        frame = cv2.resize(frame, (round(fw * s), round(fh * s)), interpolation=interp)
     return frame

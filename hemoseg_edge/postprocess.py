@@ -9,9 +9,7 @@ import numpy as np
 
 from . import native
 from .preprocess import Geometry, back_map, padded_map
-from .result import Lesion
-
-Window = tuple[int, int, int, int]  # x0, y0, x1, y1 in original pixels (x1, y1 exclusive)
+from .result import Lesion, Window, WindowedMask
 
 # Where the back-mapped probability can reach the threshold: model pixels within this margin
 # of it. Bilinear interpolation is a convex combination of 4 neighbours, so any original pixel
@@ -167,25 +165,32 @@ def candidate_windows(prob: np.ndarray, geometry: Geometry, threshold: float) ->
     return sorted(win for win in windows if win is not None)
 
 
+def threshold_windows(prob: np.ndarray, geometry: Geometry, threshold: float) -> WindowedMask:
+    """``to_original_mask`` as a ``WindowedMask``: only the disjoint ``candidate_windows`` are
+    back-mapped and thresholded; the mask is all False outside them."""
+    windows = candidate_windows(prob, geometry, threshold)
+    padded = padded_map(prob, geometry.model_hw)
+    thr = np.float32(threshold)  # numpy compares a float32 map with a Python float in float32
+    parts = []
+    for win in windows:
+        x0, y0, x1, y1 = win
+        part = np.empty((y1 - y0, x1 - x0), dtype=bool)
+        lo, hi = disc_spans(geometry, y0, y1)
+        if not native.back_map_ge(padded, geometry.box, win, thr, lo, hi, part):
+            np.greater_equal(back_map(geometry, padded, win), thr, out=part)
+            cols = np.arange(x0, x1)
+            part &= (cols >= lo[:, None]) & (cols < hi[:, None])
+        parts.append(part)
+    return WindowedMask(geometry.original_hw, tuple(windows), tuple(parts))
+
+
 def mask_and_windows(
     prob: np.ndarray, geometry: Geometry, threshold: float
 ) -> tuple[np.ndarray, list[Window]]:
     """``to_original_mask`` plus the disjoint windows outside which the mask is all False
-    (``candidate_windows``): only those are back-mapped and thresholded."""
-    oh, ow = geometry.original_hw
-    mask = np.zeros((oh, ow), dtype=bool)
-    windows = candidate_windows(prob, geometry, threshold)
-    padded = padded_map(prob, geometry.model_hw)
-    thr = np.float32(threshold)  # numpy compares a float32 map with a Python float in float32
-    for win in windows:
-        x0, y0, x1, y1 = win
-        sub = mask[y0:y1, x0:x1]
-        lo, hi = disc_spans(geometry, y0, y1)
-        if not native.back_map_ge(padded, geometry.box, win, thr, lo, hi, sub):
-            np.greater_equal(back_map(geometry, padded, win), thr, out=sub)
-            cols = np.arange(x0, x1)
-            sub &= (cols >= lo[:, None]) & (cols < hi[:, None])
-    return mask, windows
+    (``threshold_windows``, as a full array)."""
+    wm = threshold_windows(prob, geometry, threshold)
+    return wm.full(), list(wm.windows)
 
 
 def to_original_mask(prob: np.ndarray, geometry: Geometry, threshold: float) -> np.ndarray:
@@ -226,10 +231,15 @@ def find_lesions(
     if windows is None:
         bounding = _bounding_window(mask)
         windows = [bounding] if bounding is not None else []
+    parts = [mask[y0:y1, x0:x1] for x0, y0, x1, y1 in windows]
+    return window_lesions(WindowedMask(mask.shape[:2], tuple(windows), tuple(parts)), geometry)
+
+
+def window_lesions(mask: WindowedMask, geometry: Geometry) -> list[Lesion]:
+    """``find_lesions`` of a ``WindowedMask``: each window labelled on its own."""
     cx, cy = geometry.fov_center
     lesions = []
-    for x0, y0, x1, y1 in windows:
-        sub = mask[y0:y1, x0:x1]
+    for (x0, y0, _, _), sub in zip(mask.windows, mask.parts, strict=True):
         sub = sub.view(np.uint8) if sub.dtype == bool else sub.astype(np.uint8)
         comps = native.components(sub)
         if comps is not None:  # exact integer sums: the same centroids
@@ -262,10 +272,30 @@ def find_lesions(
     return sorted(lesions, key=lesion_order)
 
 
-def render_overlay(bgr: np.ndarray, mask: np.ndarray, summary: str | None = None) -> np.ndarray:
-    """Colour image with lesion outlines (mask is resized to the image if needed)."""
+def sample_mask(mask: WindowedMask, hw: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resampling of a windowed mask to ``hw`` (uint8 0/1): output pixel
+    ``(r, c)`` takes original pixel ``(r * H // h, c * W // w)``; only the windows are read."""
+    h, w = hw
+    oh, ow = mask.shape
+    ys, xs = np.arange(h) * oh // h, np.arange(w) * ow // w
+    out = np.zeros((h, w), np.uint8)
+    for (x0, y0, x1, y1), part in zip(mask.windows, mask.parts, strict=True):
+        r0, r1 = np.searchsorted(ys, [y0, y1])
+        c0, c1 = np.searchsorted(xs, [x0, x1])
+        if r0 < r1 and c0 < c1:
+            out[r0:r1, c0:c1] = part[np.ix_(ys[r0:r1] - y0, xs[c0:c1] - x0)]
+    return out
+
+
+def render_overlay(
+    bgr: np.ndarray, mask: np.ndarray | WindowedMask, summary: str | None = None
+) -> np.ndarray:
+    """Colour image with lesion outlines (the mask is resampled to the image if needed)."""
     h, w = bgr.shape[:2]
-    m = mask.astype(np.uint8)
+    if isinstance(mask, WindowedMask):
+        m = sample_mask(mask, (h, w))
+    else:
+        m = mask.astype(np.uint8)
     if m.shape != (h, w):
         m = (
             cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -19,11 +20,32 @@ class Lesion:
     quadrant: str
 
 
+Window = tuple[int, int, int, int]  # x0, y0, x1, y1 in original pixels (x1, y1 exclusive)
+
+
+@dataclass(frozen=True)
+class WindowedMask:
+    """A full-size boolean mask kept as disjoint windows, all False outside them: hemorrhages
+    cover a few percent of a photograph, so a 12 Mpx mask is ~1 MB of windows instead of
+    12 MB. ``full()`` builds the array."""
+
+    shape: tuple[int, int]
+    windows: tuple[Window, ...] = ()
+    parts: tuple[np.ndarray, ...] = ()  # bool, one per window, of the window's shape
+
+    def full(self) -> np.ndarray:
+        mask = np.zeros(self.shape, dtype=bool)
+        for (x0, y0, x1, y1), part in zip(self.windows, self.parts, strict=True):
+            mask[y0:y1, x0:x1] = part
+        return mask
+
+
 @dataclass
 class SegmentationResult:
     """Everything one image gave.
 
-    ``mask`` is in the original image's geometry (same height and width as the file).
+    ``mask`` is in the original image's geometry (same height and width as the file), built
+    on first use from ``mask_windows`` (the batch path never needs the full array).
     ``probability`` is the model's map at model resolution; ``geometry.to_original`` maps it.
     Quadrants are image quadrants around the FOV centre as the image is displayed (upper/lower,
     left/right); without laterality they are not nasal/temporal.
@@ -31,7 +53,7 @@ class SegmentationResult:
 
     source: str
     probability: np.ndarray
-    mask: np.ndarray
+    mask_windows: WindowedMask
     geometry: Geometry
     threshold: float
     lesions: list[Lesion]
@@ -39,6 +61,11 @@ class SegmentationResult:
     flags: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     model: dict[str, str] = field(default_factory=dict)
+
+    @cached_property
+    def mask(self) -> np.ndarray:
+        """Boolean hemorrhage mask, shape ``geometry.original_hw``."""
+        return self.mask_windows.full()
 
     @property
     def lesion_area_px(self) -> int:

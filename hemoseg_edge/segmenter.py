@@ -19,7 +19,7 @@ from .engines import INT8_MODEL, default_model_path, verify_against_manifest
 from .errors import HemosegError, ModelError
 from .io import LoadedImage, load_image, read_bytes
 from .metadata import ModelMetadata
-from .postprocess import find_lesions, fov_area, mask_and_windows
+from .postprocess import fov_area, threshold_windows, window_lesions
 from .preprocess import Preprocessed, preprocess_frame
 from .result import SegmentationResult
 
@@ -147,8 +147,8 @@ class Segmenter:
     ) -> SegmentationResult:
         t = time.perf_counter()
         thr = self.metadata.threshold
-        mask, windows = mask_and_windows(prob, pre.geometry, thr)
-        lesions = find_lesions(mask, pre.geometry, windows)
+        mask = threshold_windows(prob, pre.geometry, thr)
+        lesions = window_lesions(mask, pre.geometry)
         area = fov_area(pre.geometry)
         colour = "greyscale_input" not in image.notes
         flags = quality.assess(image.frame, pre.fov, pre.green_stats, colour) + list(image.notes)
@@ -156,7 +156,7 @@ class Segmenter:
         return SegmentationResult(
             source=image.path,
             probability=prob,
-            mask=mask,
+            mask_windows=mask,
             geometry=pre.geometry,
             threshold=thr,
             lesions=lesions,

@@ -243,3 +243,19 @@ def test_info_prints_metadata(tiny_model):
     d = json.loads(proc.stdout)
     assert d["metadata"]["hemoseg.version"] == "test-tiny"
     assert d["checks"]["test_inference"] == "ok"
+
+
+def test_mask_png_reads_back_exactly():
+    """``encode_png_mask`` writes a valid 1-bit PNG: OpenCV and PIL read the mask back."""
+    import io as bio
+
+    from hemoseg_edge.io import encode_png_mask
+
+    rng = np.random.default_rng(0)
+    for h, w in [(1, 1), (7, 13), (64, 64), (301, 999)]:
+        mask = rng.random((h, w)) < 0.3
+        data = encode_png_mask(mask)
+        back = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        assert back.dtype == np.uint8 and np.array_equal(back, mask * np.uint8(255))
+        with Image.open(bio.BytesIO(data)) as im:
+            assert im.mode == "1" and np.array_equal(np.asarray(im), mask)

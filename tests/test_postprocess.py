@@ -199,3 +199,16 @@ def test_batch_generator_can_be_abandoned(tiny_model, sample_image):
     gen = seg.segment_batch([sample_image] * 6, prefetch=2)
     next(gen)
     gen.close()  # pools shut down without processing the rest
+
+
+def test_sample_mask_is_nearest_neighbour_of_the_full_mask(real_geometries):
+    """The overlay's mask, sampled from the windows, equals sampling the full mask."""
+    from hemoseg_edge.postprocess import sample_mask, threshold_windows
+
+    for g in real_geometries:
+        wm = threshold_windows(prob_maps()["blobs"], g, 0.5)
+        full = wm.full()
+        oh, ow = g.original_hw
+        for h, w in [(oh // 2, ow // 2), (1360, 2048), (oh, ow), (97, 131)]:
+            ys, xs = np.arange(h) * oh // h, np.arange(w) * ow // w
+            assert np.array_equal(sample_mask(wm, (h, w)), full[np.ix_(ys, xs)].view(np.uint8))
