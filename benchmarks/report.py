@@ -55,7 +55,13 @@ def _ms(seconds: float) -> str:
 
 
 def _label(b: dict) -> str:
-    return b.get("param") or b["name"].split("[", 1)[0].removeprefix("bench_")
+    """The backend-precision for per-backend groups, else the benchmark's name (with its
+    parameter, e.g. ``find_fov[native]``)."""
+    base = b["name"].split("[", 1)[0].removeprefix("bench_")
+    param = b.get("param")
+    if param and b.get("group") in ("inference", "memory", "parity"):
+        return param
+    return f"{base}[{param}]" if param else base
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
