@@ -114,18 +114,21 @@ def bench_single(benchmark, single_seg, paths, models):
     _record(benchmark, single_seg, paths, "single", models)
 
 
+def _batch_run(seg: Segmenter, paths: list):
+    def run():
+        out = list(seg.segment_batch(paths, prefetch=2))
+        assert not any(isinstance(r, HemosegError) for _, r in out)
+        return out
+
+    return run
+
+
 def bench_batch(benchmark, single_seg, batch_seg, paths, models):
     """``segment_batch`` (throughput tuning): decode+preprocess, inference streams and
     postprocess overlap. Paired with pure inference (module docstring)."""
     benchmark.group = GROUP
     paired = _paired(single_seg, batch_seg, paths)
-
-    def run():
-        out = list(batch_seg.segment_batch(paths, prefetch=2))
-        assert not any(isinstance(r, HemosegError) for _, r in out)
-        return out
-
-    benchmark.pedantic(run, setup=paired.measure, rounds=rounds(6, 2))
+    benchmark.pedantic(_batch_run(batch_seg, paths), setup=paired.measure, rounds=rounds(6, 2))
     _record(benchmark, batch_seg, paths, "batch", models, paired)
 
 
@@ -142,12 +145,7 @@ def bench_batch_spare_core(benchmark, one_thread_seg, paths, models):
     benchmark.group = GROUP
     tensor = one_thread_seg.preprocess(one_thread_seg.load(paths[0])).tensor
     paired = PairedInference([one_thread_seg], tensor, len(paths))
-
-    def run():
-        out = list(one_thread_seg.segment_batch(paths, prefetch=2))
-        assert not any(isinstance(r, HemosegError) for _, r in out)
-        return out
-
+    run = _batch_run(one_thread_seg, paths)
     benchmark.pedantic(run, setup=paired.measure, rounds=rounds(4, 1))
     _record(benchmark, one_thread_seg, paths, "batch-spare-core", models, paired)
 

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -165,31 +166,54 @@ int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int d
 int hs_area_resample(const uint8_t* plane, int64_t stride, int64_t pix, int fy, int fx, int nx,
                      const int64_t* iy, const float* wy, int ky, const int64_t* ix,
                      const float* wx, int kx, int h, int w, float scale, int clip, float* out) {
-    std::vector<float> rows(static_cast<size_t>(nx));
+    // the band as contiguous float rows (numpy's band.astype(float32)), converted once
+    int64_t ny = 0;
+    for (int64_t t = 0; t < static_cast<int64_t>(h) * ky; t++) ny = std::max(ny, iy[t] + 1);
+    std::unique_ptr<float[]> band(new float[static_cast<size_t>(ny) * nx]);
     const uint8_t* base = plane + static_cast<int64_t>(fy) * stride + static_cast<int64_t>(fx) * pix;
+    for (int64_t r = 0; r < ny; r++) {
+        const uint8_t* s = base + r * stride;
+        float* b = band.get() + r * nx;
+        for (int c = 0; c < nx; c++) b[c] = static_cast<float>(s[c * pix]);
+    }
+    // column taps transposed (tap k of every output column contiguous), so that the column
+    // sums run over i in vector registers, still in tap order
+    std::vector<int> cidx(static_cast<size_t>(kx) * w);
+    std::vector<float> cw(static_cast<size_t>(kx) * w), rows(static_cast<size_t>(nx)), g(w);
+    for (int i = 0; i < w; i++) {
+        for (int k = 0; k < kx; k++) {
+            cidx[static_cast<size_t>(k) * w + i] = static_cast<int>(ix[static_cast<int64_t>(i) * kx + k]);
+            cw[static_cast<size_t>(k) * w + i] = wx[static_cast<int64_t>(i) * kx + k];
+        }
+    }
     for (int j = 0; j < h; j++) {
         const int64_t* rj = iy + static_cast<int64_t>(j) * ky;
         const float* wj = wy + static_cast<int64_t>(j) * ky;
         {  // rows: rows[c] = sum_k band[iy[j,k], c] * wy[j,k], in k order
-            const uint8_t* s = base + rj[0] * stride;
+            const float* s = band.get() + rj[0] * nx;
             const float a = wj[0];
-            for (int c = 0; c < nx; c++) rows[c] = static_cast<float>(s[c * pix]) * a;
+            for (int c = 0; c < nx; c++) rows[c] = s[c] * a;
         }
         for (int k = 1; k < ky; k++) {
-            const uint8_t* s = base + rj[k] * stride;
+            const float* s = band.get() + rj[k] * nx;
             const float a = wj[k];
-            for (int c = 0; c < nx; c++) rows[c] += static_cast<float>(s[c * pix]) * a;
+            for (int c = 0; c < nx; c++) rows[c] += s[c] * a;
         }
         float* o = out + static_cast<int64_t>(j) * w;
-        for (int i = 0; i < w; i++) {  // columns, then the scale and clip
-            const int64_t* ci = ix + static_cast<int64_t>(i) * kx;
-            const float* wi = wx + static_cast<int64_t>(i) * kx;
-            float v = rows[ci[0]] * wi[0];
-            for (int k = 1; k < kx; k++) v += rows[ci[k]] * wi[k];
-            if (scale != 1.0f) v *= scale;
-            if (clip) v = std::min(1.0f, std::max(0.0f, v));
-            o[i] = v;
+        for (int k = 0; k < kx; k++) {  // columns: o[i] = sum_k rows[ix[i,k]] * wx[i,k]
+            const int* ck = cidx.data() + static_cast<size_t>(k) * w;
+            const float* wk = cw.data() + static_cast<size_t>(k) * w;
+            for (int i = 0; i < w; i++) g[i] = rows[ck[i]];
+            if (k == 0) {
+                for (int i = 0; i < w; i++) o[i] = g[i] * wk[i];
+            } else {
+                for (int i = 0; i < w; i++) o[i] += g[i] * wk[i];
+            }
         }
+        if (scale != 1.0f)
+            for (int i = 0; i < w; i++) o[i] *= scale;
+        if (clip)
+            for (int i = 0; i < w; i++) o[i] = std::min(1.0f, std::max(0.0f, o[i]));
     }
     return 0;
 }
