@@ -84,6 +84,6 @@ def kernels(request, monkeypatch):
         monkeypatch.setenv("HEMOSEG_NATIVE", "0")
     native._load.cache_clear()
     if request.param == "native" and not native.available():
-        pytest.skip("native kernels not built (pip install -e . needs a C++ compiler)")
+        pytest.skip("native kernels off: not built (needs a C++ compiler) or HEMOSEG_NATIVE=0")
     yield request.param
     native._load.cache_clear()

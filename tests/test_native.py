@@ -35,7 +35,7 @@ HW = (560, 576)
 def needs_native():
     native._load.cache_clear()
     if not native.available():
-        pytest.skip("native kernels not built (pip install -e . needs a C++ compiler)")
+        pytest.skip("native kernels off: not built (needs a C++ compiler) or HEMOSEG_NATIVE=0")
 
 
 def real_frames() -> list[np.ndarray]:
