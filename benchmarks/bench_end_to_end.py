@@ -98,9 +98,9 @@ def _record(benchmark, seg: Segmenter, paths: list, mode: str, models, paired=No
         )
 
 
-def _paired(single_seg, batch_seg, paths) -> PairedInference:
-    tensor = single_seg.preprocess(single_seg.load(paths[0])).tensor
-    return PairedInference([single_seg, batch_seg], tensor, len(paths))
+def _paired(segs: list[Segmenter], paths: list) -> PairedInference:
+    tensor = segs[0].preprocess(segs[0].load(paths[0])).tensor
+    return PairedInference(segs, tensor, len(paths))
 
 
 def bench_single(benchmark, single_seg, paths, models):
@@ -127,7 +127,7 @@ def bench_batch(benchmark, single_seg, batch_seg, paths, models):
     """``segment_batch`` (throughput tuning): decode+preprocess, inference streams and
     postprocess overlap. Paired with pure inference (module docstring)."""
     benchmark.group = GROUP
-    paired = _paired(single_seg, batch_seg, paths)
+    paired = _paired([single_seg, batch_seg], paths)
     benchmark.pedantic(_batch_run(batch_seg, paths), setup=paired.measure, rounds=rounds(6, 2))
     _record(benchmark, batch_seg, paths, "batch", models, paired)
 
@@ -143,8 +143,7 @@ def bench_batch_spare_core(benchmark, one_thread_seg, paths, models):
     """``segment_batch`` with inference on one thread: does the pipeline hide the rest when a
     core is free? Paired with pure inference of the same one-thread backend."""
     benchmark.group = GROUP
-    tensor = one_thread_seg.preprocess(one_thread_seg.load(paths[0])).tensor
-    paired = PairedInference([one_thread_seg], tensor, len(paths))
+    paired = _paired([one_thread_seg], paths)
     run = _batch_run(one_thread_seg, paths)
     benchmark.pedantic(run, setup=paired.measure, rounds=rounds(4, 1))
     _record(benchmark, one_thread_seg, paths, "batch-spare-core", models, paired)
@@ -158,7 +157,7 @@ def bench_batch_with_outputs(benchmark, single_seg, batch_seg, paths, models, tm
 
     benchmark.group = GROUP
     counter = itertools.count()
-    paired = _paired(single_seg, batch_seg, paths)
+    paired = _paired([single_seg, batch_seg], paths)
 
     def run():
         jobs = write_behind(

@@ -164,25 +164,16 @@ def forget_caches() -> None:
 
 @contextlib.contextmanager
 def kernels(native_on: bool):
-    """Run with the native kernels (``hemoseg_edge/_native.cpp``) on or off (``HEMOSEG_NATIVE``);
-    both give the same bits, so only the speed differs."""
+    """Run with the native kernels (``hemoseg_edge/_native.cpp``) on or off; both give the same
+    bits, so only the speed differs."""
     import pytest
 
     from hemoseg_edge import native
 
-    old = os.environ.get("HEMOSEG_NATIVE")
-    os.environ["HEMOSEG_NATIVE"] = "1" if native_on else "0"
-    native._load.cache_clear()
-    try:
+    with native.switched(native_on):
         if native_on and not native.available():
             pytest.skip("native kernels not built")
         yield "native" if native_on else "numpy/OpenCV reference"
-    finally:
-        if old is None:
-            os.environ.pop("HEMOSEG_NATIVE", None)
-        else:
-            os.environ["HEMOSEG_NATIVE"] = old
-        native._load.cache_clear()
 
 
 def default_segmenter(models: ModelSet, throughput: bool, **backend_options):

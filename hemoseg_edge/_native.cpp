@@ -83,13 +83,11 @@ void bilinear_taps(int start, int stop, double box0, double scale, int n, std::v
 
 extern "C" {
 
-int hs_version() { return 1; }
-
 // max over channels of cv2.resize(src, (dw, dh), interpolation=INTER_AREA) for a 3-channel
 // uint8 image whose scale is not an integer on both axes (OpenCV's generic area path).
 // src: h x w x 3, row stride `stride` bytes; out: dh x dw uint8, contiguous. Returns 0.
-// OpenCV's loop, reorganised without changing any float operation: the taps of one output
-// column are consecutive in the table, so each column is summed in a register (0 + x == x);
+// OpenCV's loop, reorganised without changing any float operation: every output value's taps
+// are gathered tap by tap and summed in tap order over all values at once (vector registers);
 // a source row's horizontal sums are computed once even when two output rows share it.
 int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int dw, uint8_t* out) {
     const int cn = 3;
@@ -160,19 +158,18 @@ int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int d
     return 0;
 }
 
-// preprocess.area_resample for a uint8 plane (pixel stride `pix` bytes, row stride `stride`),
-// times `scale`, clipped to [lo, hi] when clip != 0. Taps: rows (iy, wy: h x ky) relative to
-// source row fy, columns (ix, wx: w x kx) relative to source column fx. out: h x w float32.
-int hs_area_resample(const uint8_t* plane, int64_t stride, int64_t pix, int fy, int fx, int nx,
+// preprocess.area_resample for a uint8 band (the plane under the box: pixel stride `pix`
+// bytes, row stride `stride`, nx columns). Taps: rows (iy, wy: h x ky), columns (ix, wx:
+// w x kx), offsets into the band. out: h x w float32.
+int hs_area_resample(const uint8_t* band_u8, int64_t stride, int64_t pix, int nx,
                      const int64_t* iy, const float* wy, int ky, const int64_t* ix,
-                     const float* wx, int kx, int h, int w, float scale, int clip, float* out) {
+                     const float* wx, int kx, int h, int w, float* out) {
     // the band as contiguous float rows (numpy's band.astype(float32)), converted once
     int64_t ny = 0;
     for (int64_t t = 0; t < static_cast<int64_t>(h) * ky; t++) ny = std::max(ny, iy[t] + 1);
     std::unique_ptr<float[]> band(new float[static_cast<size_t>(ny) * nx]);
-    const uint8_t* base = plane + static_cast<int64_t>(fy) * stride + static_cast<int64_t>(fx) * pix;
     for (int64_t r = 0; r < ny; r++) {
-        const uint8_t* s = base + r * stride;
+        const uint8_t* s = band_u8 + r * stride;
         float* b = band.get() + r * nx;
         for (int c = 0; c < nx; c++) b[c] = static_cast<float>(s[c * pix]);
     }
@@ -210,10 +207,6 @@ int hs_area_resample(const uint8_t* plane, int64_t stride, int64_t pix, int fy, 
                 for (int i = 0; i < w; i++) o[i] += g[i] * wk[i];
             }
         }
-        if (scale != 1.0f)
-            for (int i = 0; i < w; i++) o[i] *= scale;
-        if (clip)
-            for (int i = 0; i < w; i++) o[i] = std::min(1.0f, std::max(0.0f, o[i]));
     }
     return 0;
 }
@@ -224,8 +217,8 @@ int hs_area_resample(const uint8_t* plane, int64_t stride, int64_t pix, int fy, 
 // border; box: the crop box in original pixels (Geometry.box). out: bool/uint8 rows of
 // `out_stride` bytes, the window of the full mask. Scratch: the model rows the window needs.
 int hs_back_map_ge(const float* padded, int h, int w, double bx0, double by0, double bx1,
-                   double by1, int x0, int y0, int x1, int y1, float thr, const int* span_lo,
-                   const int* span_hi, uint8_t* out, int64_t out_stride) {
+                   double by1, int x0, int y0, int x1, int y1, float thr, const int64_t* span_lo,
+                   const int64_t* span_hi, uint8_t* out, int64_t out_stride) {
     const int ww = x1 - x0, wh = y1 - y0;
     if (ww <= 0 || wh <= 0) return 0;
     std::vector<int> c0, c1, r0, r1;
@@ -248,7 +241,8 @@ int hs_back_map_ge(const float* padded, int h, int w, double bx0, double by0, do
     }
     for (int y = 0; y < wh; y++) {  // then rows and the threshold, inside the span
         uint8_t* o = out + y * out_stride;
-        const int a0 = std::max(span_lo[y] - x0, 0), a1 = std::min(span_hi[y] - x0, ww);
+        const int a0 = static_cast<int>(std::max<int64_t>(span_lo[y] - x0, 0));
+        const int a1 = static_cast<int>(std::min<int64_t>(span_hi[y] - x0, ww));
         std::fill(o, o + ww, uint8_t{0});
         if (a0 >= a1) continue;
         const float* a = c.data() + static_cast<int64_t>(r0[y] - lo) * ww;

@@ -8,10 +8,12 @@ releases the GIL during each call, so the batch pipeline's threads run them in p
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import os
 import platform
+from collections.abc import Iterator
 from functools import lru_cache
 
 import numpy as np
@@ -22,7 +24,7 @@ _L = ctypes.c_int64
 _F = ctypes.c_float
 _SIGNATURES = {
     "hs_area_max3": [_P, _I, _I, _L, _I, _I, _P],
-    "hs_area_resample": [_P, _L, _L, _I, _I, _I, _P, _P, _I, _P, _P, _I, _I, _I, _F, _I, _P],
+    "hs_area_resample": [_P, _L, _L, _I, _P, _P, _I, _P, _P, _I, _I, _I, _P],
     "hs_components": [_P, _L, _I, _I, _P, _I],
     "hs_back_map_ge": [_P, _I, _I] + [ctypes.c_double] * 4 + [_I] * 4 + [_F, _P, _P, _P, _L],
 }
@@ -48,6 +50,23 @@ def _load() -> ctypes.CDLL | None:
 def available() -> bool:
     """True when the native kernels are built and not disabled (``HEMOSEG_NATIVE=0``)."""
     return _load() is not None
+
+
+@contextlib.contextmanager
+def switched(on: bool) -> Iterator[None]:
+    """Within the block the native kernels are used (where built) or not: sets
+    ``HEMOSEG_NATIVE`` for the whole process, for tests and benchmarks that compare the two."""
+    old = os.environ.get("HEMOSEG_NATIVE")
+    os.environ["HEMOSEG_NATIVE"] = "1" if on else "0"
+    _load.cache_clear()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HEMOSEG_NATIVE", None)
+        else:
+            os.environ["HEMOSEG_NATIVE"] = old
+        _load.cache_clear()
 
 
 def _ptr(a: np.ndarray) -> int:
@@ -84,28 +103,19 @@ def area_max3(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
 
 
 def area_resample_u8(
-    plane: np.ndarray,
-    fy: int,
-    fx: int,
-    nx: int,
-    iy: np.ndarray,
-    wy: np.ndarray,
-    ix: np.ndarray,
-    wx: np.ndarray,
-    scale: float = 1.0,
-    clip: bool = False,
+    band: np.ndarray, iy: np.ndarray, wy: np.ndarray, ix: np.ndarray, wx: np.ndarray
 ) -> np.ndarray | None:
-    """``preprocess.area_resample`` of a uint8 plane (any positive strides) from its taps, then
-    ``*= float32(scale)`` and optionally clipped to [0, 1]; None without the native kernel."""
+    """``preprocess.area_resample`` of a uint8 band (the plane's rows and columns under the
+    box; any positive strides) from its taps (``_area_taps``: offsets into the band); None
+    where the native kernel does not apply."""
     lib = _load()
-    if lib is None or plane.dtype != np.uint8 or plane.ndim != 2 or min(plane.strides) <= 0:
+    if lib is None or band.dtype != np.uint8 or band.ndim != 2 or min(band.strides) <= 0:
         return None
     h, w = iy.shape[0], ix.shape[0]
     out = np.empty((h, w), np.float32)
     lib.hs_area_resample(
-        _ptr(plane), plane.strides[0], plane.strides[1], fy, fx, nx,
-        _ptr(iy), _ptr(wy), iy.shape[1], _ptr(ix), _ptr(wx), ix.shape[1],
-        h, w, float(np.float32(scale)), int(clip), _ptr(out),
+        _ptr(band), band.strides[0], band.strides[1], band.shape[1],
+        _ptr(iy), _ptr(wy), iy.shape[1], _ptr(ix), _ptr(wx), ix.shape[1], h, w, _ptr(out),
     )  # fmt: skip
     return out
 
@@ -126,8 +136,8 @@ def back_map_ge(
     lib = _load()
     if lib is None or out.strides[1] != 1 or not padded.flags.c_contiguous:
         return False
-    lo = np.ascontiguousarray(span_lo, dtype=np.int32)
-    hi = np.ascontiguousarray(span_hi, dtype=np.int32)
+    lo = np.ascontiguousarray(span_lo, dtype=np.int64)  # disc_spans' arrays pass as they are
+    hi = np.ascontiguousarray(span_hi, dtype=np.int64)
     lib.hs_back_map_ge(
         _ptr(padded), padded.shape[0] - 2, padded.shape[1] - 2, *box, *window,
         float(threshold), _ptr(lo), _ptr(hi), _ptr(out), out.strides[0],

@@ -70,13 +70,17 @@ def disc_spans(geometry: Geometry, y0: int, y1: int) -> tuple[np.ndarray, np.nda
     return lo, np.maximum(hi, lo)
 
 
+def _spans_to_mask(lo: np.ndarray, hi: np.ndarray, x0: int, x1: int) -> np.ndarray:
+    """Rows of columns ``x0..x1-1``: True where ``lo[row] <= x < hi[row]``."""
+    cols = np.arange(x0, x1)
+    return (cols >= lo[:, None]) & (cols < hi[:, None])
+
+
 def fov_disc_in(geometry: Geometry, window: Window) -> np.ndarray:
     """``geometry.fov_mask()[y0:y1, x0:x1]`` for ``window``, built from ``disc_spans`` (no
     full-size image is drawn)."""
     x0, y0, x1, y1 = window
-    lo, hi = disc_spans(geometry, y0, y1)
-    cols = np.arange(x0, x1)
-    return (cols >= lo[:, None]) & (cols < hi[:, None])
+    return _spans_to_mask(*disc_spans(geometry, y0, y1), x0, x1)
 
 
 def fov_area(geometry: Geometry) -> int:
@@ -178,8 +182,7 @@ def threshold_windows(prob: np.ndarray, geometry: Geometry, threshold: float) ->
         lo, hi = disc_spans(geometry, y0, y1)
         if not native.back_map_ge(padded, geometry.box, win, thr, lo, hi, part):
             np.greater_equal(back_map(geometry, padded, win), thr, out=part)
-            cols = np.arange(x0, x1)
-            part &= (cols >= lo[:, None]) & (cols < hi[:, None])
+            part &= _spans_to_mask(lo, hi, x0, x1)
         parts.append(part)
     return WindowedMask(geometry.original_hw, tuple(windows), tuple(parts))
 

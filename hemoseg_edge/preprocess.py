@@ -139,16 +139,6 @@ def padded_map(model_map: np.ndarray, model_hw: tuple[int, int]) -> np.ndarray:
     return padded
 
 
-def window_taps(geometry: Geometry, window: tuple[int, int, int, int]):
-    """``(cols, rows)``: ``_bilinear_taps`` of a window's columns and rows (``back_map``)."""
-    h, w = geometry.model_hw
-    wx0, wy0, wx1, wy1 = window
-    bx0, by0, bx1, by1 = geometry.box
-    cols = _bilinear_taps(wx0, wx1, bx0, (bx1 - bx0) / w, w)
-    rows = _bilinear_taps(wy0, wy1, by0, (by1 - by0) / h, h)
-    return cols, rows
-
-
 def back_map(
     geometry: Geometry,
     padded: np.ndarray,
@@ -156,10 +146,13 @@ def back_map(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """``Geometry.to_original`` on a ``padded_map`` (pad once, map many windows)."""
+    h, w = geometry.model_hw
     oh, ow = geometry.original_hw
-    window = window if window is not None else (0, 0, ow, oh)
-    cols, rows = window_taps(geometry, window)
-    shape = (window[3] - window[1], window[2] - window[0])
+    wx0, wy0, wx1, wy1 = window if window is not None else (0, 0, ow, oh)
+    bx0, by0, bx1, by1 = geometry.box
+    cols = _bilinear_taps(wx0, wx1, bx0, (bx1 - bx0) / w, w)
+    rows = _bilinear_taps(wy0, wy1, by0, (by1 - by0) / h, h)
+    shape = (wy1 - wy0, wx1 - wx0)
     if out is None:
         out = np.empty(shape, np.float32)
     elif out.shape != shape or out.dtype != np.float32:
@@ -347,6 +340,9 @@ def area_resample(
     band = plane[fy : fy + ny, fx : fx + nx]
     if band.shape != (ny, nx):
         raise ValueError(f"box {box} exceeds plane of shape {plane.shape}")
+    out = native.area_resample_u8(band, iy, wy, ix, wx)  # the same bits, for uint8 planes
+    if out is not None:
+        return out
     band = band.astype(np.float32, copy=False)
     rows = band[iy[:, 0]] * wy[:, :1]
     for k in range(1, iy.shape[1]):
@@ -355,20 +351,6 @@ def area_resample(
     for k in range(1, ix.shape[1]):
         out += rows[:, ix[:, k]] * wx[:, k]
     return out
-
-
-def _resample_native(
-    plane: np.ndarray, box: tuple[int, int, int, int], out_hw: tuple[int, int], scale: float
-) -> np.ndarray | None:
-    """``clip(area_resample(plane, box, out_hw) * float32(scale), 0, 1)`` by the native kernel
-    (the same operations in the same order); None where it does not apply."""
-    x0, y0, x1, y1 = box
-    h, w = out_hw
-    fy, ny, iy, wy = _area_taps(float(y0), float(y1), int(h))
-    fx, nx, ix, wx = _area_taps(float(x0), float(x1), int(w))
-    if fy < 0 or fx < 0 or fy + ny > plane.shape[0] or fx + nx > plane.shape[1]:
-        return None  # area_resample raises the error
-    return native.area_resample_u8(plane, fy, fx, nx, iy, wy, ix, wx, scale, clip=True)
 
 
 def preprocess_frame(
@@ -386,11 +368,9 @@ def preprocess_frame(
     green = frame[:, :, 1] if frame.ndim == 3 else frame
     x0, y0, x1, y1 = fov.box
     crop = green[y0:y1, x0:x1]
-    out = _resample_native(green, fov.box, model_hw, 1.0 / 255.0)
-    if out is None:
-        out = area_resample(green, fov.box, model_hw)
-        out *= np.float32(1.0 / 255.0)
-        np.clip(out, 0.0, 1.0, out=out)  # float rounding can give 1.0000001
+    out = area_resample(green, fov.box, model_hw)
+    out *= np.float32(1.0 / 255.0)
+    np.clip(out, 0.0, 1.0, out=out)  # float rounding can give 1.0000001
     sx, sy = ow / fw, oh / fh
     geometry = Geometry(
         original_hw=(oh, ow),

@@ -76,14 +76,11 @@ def sample_image() -> Path:
 
 
 @pytest.fixture(params=["native", "numpy"])
-def kernels(request, monkeypatch):
+def kernels(request):
     """Run a test with the native kernels (``hemoseg_edge/_native.cpp``) and without them."""
     from hemoseg_edge import native
 
-    if request.param == "numpy":
-        monkeypatch.setenv("HEMOSEG_NATIVE", "0")
-    native._load.cache_clear()
-    if request.param == "native" and not native.available():
-        pytest.skip("native kernels off: not built (needs a C++ compiler) or HEMOSEG_NATIVE=0")
-    yield request.param
-    native._load.cache_clear()
+    with native.switched(request.param == "native"):
+        if request.param == "native" and not native.available():
+            pytest.skip("native kernels off: not built (needs a C++ compiler) or HEMOSEG_NATIVE=0")
+        yield request.param
