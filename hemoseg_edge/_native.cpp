@@ -5,7 +5,7 @@
 //                    per-pixel max over the 3 channels            (preprocess.find_fov)
 //   hs_area_resample preprocess.area_resample on a uint8 plane   (taps computed in Python)
 //   hs_back_map_ge   preprocess.back_map(...) >= threshold inside the FOV disc's row spans
-//                                                                 (postprocess.mask_and_windows)
+//                    (and _windows: many windows in one call)   (postprocess.threshold_windows)
 //   hs_components    8-connected components with area, bounding box and coordinate sums, as
 //                    cv2.connectedComponentsWithStats gives them  (postprocess.find_lesions)
 // Bit equality rests on doing the same IEEE float32 operations in the same order: build with
@@ -21,6 +21,11 @@
 #include <cstring>
 #include <memory>
 #include <vector>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HS_X86_DISPATCH 1
+#endif
 
 namespace {
 
@@ -79,17 +84,53 @@ void bilinear_taps(int start, int stop, double box0, double scale, int n, std::v
     }
 }
 
-}  // namespace
+// Horizontal sums of one source row for hs_area_max3, outputs begin .. width-1:
+// buf[i] = ((0 + row[s0[i]] * a0[i]) + row[s1[i]] * a1[i]) + ..., K taps (tap k's sources and
+// weights at src_k + k * width, alpha_k + k * width).
+void hsum_row(const float* row, const int* src_k, const float* alpha_k, int K, int width,
+              float* buf, int begin = 0) {
+    for (int i = begin; i < width; i++) {
+        float acc = 0.0f;
+        for (int k = 0; k < K; k++)
+            acc = acc + row[src_k[k * width + i]] * alpha_k[k * width + i];
+        buf[i] = acc;
+    }
+}
 
-extern "C" {
+#ifdef HS_X86_DISPATCH
+// The same operations, 8 values at a time (AVX2 gathers; separate multiply and add, no FMA).
+__attribute__((target("avx2"))) void hsum_row_avx2(const float* row, const int* src_k,
+                                                   const float* alpha_k, int K, int width,
+                                                   float* buf, int begin = 0) {
+    int i = begin;
+    for (; i + 8 <= width; i += 8) {
+        __m256 acc = _mm256_setzero_ps();
+        for (int k = 0; k < K; k++) {
+            const __m256i idx =
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src_k + k * width + i));
+            const __m256 g = _mm256_i32gather_ps(row, idx, 4);
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(g, _mm256_loadu_ps(alpha_k + k * width + i)));
+        }
+        _mm256_storeu_ps(buf + i, acc);
+    }
+    hsum_row(row, src_k, alpha_k, K, width, buf, i);
+}
+#endif
 
-// max over channels of cv2.resize(src, (dw, dh), interpolation=INTER_AREA) for a 3-channel
-// uint8 image whose scale is not an integer on both axes (OpenCV's generic area path).
-// src: h x w x 3, row stride `stride` bytes; out: dh x dw uint8, contiguous. Returns 0.
-// OpenCV's loop, reorganised without changing any float operation: every output value's taps
-// are gathered tap by tap and summed in tap order over all values at once (vector registers);
-// a source row's horizontal sums are computed once even when two output rows share it.
-int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int dw, uint8_t* out) {
+using HsumFn = void (*)(const float*, const int*, const float*, int, int, float*, int);
+
+#ifdef HS_X86_DISPATCH
+bool has_avx2() {
+    __builtin_cpu_init();  // runs from a static initialiser
+    return __builtin_cpu_supports("avx2");
+}
+// hsum_row_avx2 where the CPU has AVX2 (hs_use_simd switches, for the tests)
+HsumFn g_hsum = has_avx2() ? hsum_row_avx2 : hsum_row;
+#else
+HsumFn g_hsum = hsum_row;
+#endif
+
+void area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int dw, uint8_t* out) {
     const int cn = 3;
     std::vector<Tap> xtab, ytab;
     int nx = area_tab(w, dw, cn, 1.0 / (static_cast<double>(dw) / w), xtab);
@@ -116,8 +157,8 @@ int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int d
             }
         }
     }
-    std::vector<float> row(static_cast<size_t>(w) * cn), gathered(width), buf(width),
-        sum(width, 0.0f);
+    const HsumFn hsum = g_hsum;
+    std::vector<float> row(static_cast<size_t>(w) * cn), buf(width), sum(width, 0.0f);
     int buf_row = -1;
     auto flush = [&](int dy) {
         uint8_t* d = out + static_cast<int64_t>(dy) * dw;
@@ -135,16 +176,7 @@ int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int d
             buf_row = ytab[j].si;
             const uint8_t* s = src + static_cast<int64_t>(buf_row) * stride;
             for (int i = 0; i < w * cn; i++) row[i] = static_cast<float>(s[i]);
-            for (int k = 0; k < K; k++) {
-                const int* sk = src_k.data() + static_cast<size_t>(k) * width;
-                const float* ak = alpha_k.data() + static_cast<size_t>(k) * width;
-                for (int i = 0; i < width; i++) gathered[i] = row[sk[i]];
-                if (k == 0) {
-                    for (int i = 0; i < width; i++) buf[i] = 0.0f + gathered[i] * ak[i];
-                } else {
-                    for (int i = 0; i < width; i++) buf[i] = buf[i] + gathered[i] * ak[i];
-                }
-            }
+            hsum(row.data(), src_k.data(), alpha_k.data(), K, width, buf.data(), 0);
         }
         if (dy != prev_dy) {
             flush(prev_dy);
@@ -155,6 +187,32 @@ int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int d
         }
     }
     if (ny) flush(prev_dy);
+}
+
+}  // namespace
+
+extern "C" {
+
+// max over channels of cv2.resize(src, (dw, dh), interpolation=INTER_AREA) for a 3-channel
+// uint8 image whose scale is not an integer on both axes (OpenCV's generic area path).
+// src: h x w x 3, row stride `stride` bytes; out: dh x dw uint8, contiguous. Returns 0.
+// OpenCV's loop, reorganised without changing any float operation: every output value's taps
+// are gathered tap by tap and summed in tap order over all values at once (vector registers);
+// a source row's horizontal sums are computed once even when two output rows share it.
+// Use the SIMD variants where the CPU has them (on != 0) or the scalar code; returns 1 when
+// SIMD is now in use. Both give the same bits (tests/test_native.py runs both).
+int hs_use_simd(int on) {
+#ifdef HS_X86_DISPATCH
+    g_hsum = on && has_avx2() ? hsum_row_avx2 : hsum_row;
+    return g_hsum == hsum_row_avx2;
+#else
+    (void)on;
+    return 0;
+#endif
+}
+
+int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int dw, uint8_t* out) {
+    area_max3(src, h, w, stride, dh, dw, out);
     return 0;
 }
 
@@ -253,6 +311,22 @@ int hs_back_map_ge(const float* padded, int h, int w, double bx0, double by0, do
             v += b[x] * wb;
             o[x] = static_cast<uint8_t>(v >= thr);
         }
+    }
+    return 0;
+}
+
+// hs_back_map_ge for n windows at once (win[4k .. 4k+3] = x0, y0, x1, y1): window k's rows go
+// to out + offset[k] with its width as the stride; the spans are given for rows span_y0 .. on
+// (span_lo[y - span_y0]), covering every window's rows.
+int hs_back_map_ge_windows(const float* padded, int h, int w, double bx0, double by0,
+                           double bx1, double by1, int n, const int32_t* win, float thr,
+                           const int64_t* span_lo, const int64_t* span_hi, int span_y0,
+                           uint8_t* out, const int64_t* offset) {
+    for (int k = 0; k < n; k++) {
+        const int32_t* b = win + 4 * k;
+        hs_back_map_ge(padded, h, w, bx0, by0, bx1, by1, b[0], b[1], b[2], b[3], thr,
+                       span_lo + (b[1] - span_y0), span_hi + (b[1] - span_y0), out + offset[k],
+                       b[2] - b[0]);
     }
     return 0;
 }

@@ -24,9 +24,10 @@ _L = ctypes.c_int64
 _F = ctypes.c_float
 _SIGNATURES = {
     "hs_area_max3": [_P, _I, _I, _L, _I, _I, _P],
+    "hs_use_simd": [_I],
     "hs_area_resample": [_P, _L, _L, _I, _P, _P, _I, _P, _P, _I, _I, _I, _P],
     "hs_components": [_P, _L, _I, _I, _P, _I],
-    "hs_back_map_ge": [_P, _I, _I] + [ctypes.c_double] * 4 + [_I] * 4 + [_F, _P, _P, _P, _L],
+    "hs_back_map_ge_windows": [_P, _I, _I, *[ctypes.c_double] * 4, _I, _P, _F, _P, _P, _I, _P, _P],
 }
 
 
@@ -67,6 +68,21 @@ def switched(on: bool) -> Iterator[None]:
         else:
             os.environ["HEMOSEG_NATIVE"] = old
         _load.cache_clear()
+
+
+@contextlib.contextmanager
+def simd(on: bool) -> Iterator[bool]:
+    """Within the block the kernels use their SIMD variants (AVX2, where the CPU has it; the
+    default) or their scalar code; yields whether SIMD is in use. Both give the same bits
+    (tests/test_native.py runs both)."""
+    lib = _load()
+    if lib is None:
+        yield False
+        return
+    try:
+        yield bool(lib.hs_use_simd(int(on)))
+    finally:
+        lib.hs_use_simd(1)
 
 
 def _ptr(a: np.ndarray) -> int:
@@ -120,29 +136,43 @@ def area_resample_u8(
     return out
 
 
-def back_map_ge(
+def back_map_ge_windows(
     padded: np.ndarray,
     box: tuple[float, float, float, float],
-    window: tuple[int, int, int, int],
+    windows: list[tuple[int, int, int, int]],
     threshold: np.float32,
     span_lo: np.ndarray,
     span_hi: np.ndarray,
-    out: np.ndarray,
-) -> bool:
-    """``out[...] = back_map(geometry, padded, window) >= threshold`` where
-    ``span_lo[y] <= x < span_hi[y]`` (original-pixel columns, one span per window row), else
-    False; ``box``: ``Geometry.box``; ``out``: the window of the full bool mask. Returns False
-    (nothing written) without the native kernel."""
+    span_y0: int,
+) -> list[np.ndarray] | None:
+    """For each window ``(x0, y0, x1, y1)`` (original pixels): ``back_map(geometry, padded,
+    window) >= threshold`` where ``span_lo[y - span_y0] <= x < span_hi[y - span_y0]``, else
+    False (``box``: ``Geometry.box``; the spans cover every row of every window). One call for
+    all windows; bool arrays, views of one buffer. None without the native kernel."""
     lib = _load()
-    if lib is None or out.strides[1] != 1 or not padded.flags.c_contiguous:
-        return False
-    lo = np.ascontiguousarray(span_lo, dtype=np.int64)  # disc_spans' arrays pass as they are
+    if lib is None or not padded.flags.c_contiguous:
+        return None
+    win = np.asarray(windows, np.int32).reshape(-1, 4)
+    sizes = (win[:, 2] - win[:, 0]).astype(np.int64) * (win[:, 3] - win[:, 1])
+    if (
+        (sizes <= 0).any()
+        or (win[:, 1] < span_y0).any()
+        or (win[:, 3] - span_y0 > len(span_lo)).any()
+    ):
+        raise ValueError("windows must be non-empty and inside the spans' rows")
+    offset = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+    buf = np.empty(int(sizes.sum()), bool)
+    lo = np.ascontiguousarray(span_lo, dtype=np.int64)
     hi = np.ascontiguousarray(span_hi, dtype=np.int64)
-    lib.hs_back_map_ge(
-        _ptr(padded), padded.shape[0] - 2, padded.shape[1] - 2, *box, *window,
-        float(threshold), _ptr(lo), _ptr(hi), _ptr(out), out.strides[0],
+    lib.hs_back_map_ge_windows(
+        _ptr(padded), padded.shape[0] - 2, padded.shape[1] - 2, *box, len(win), _ptr(win),
+        float(threshold), _ptr(lo), _ptr(hi), span_y0, _ptr(buf), _ptr(offset),
     )  # fmt: skip
-    return True
+    ends = (offset + sizes).tolist()
+    return [
+        buf[o:e].reshape(y1 - y0, x1 - x0)
+        for o, e, (x0, y0, x1, y1) in zip(offset.tolist(), ends, win.tolist(), strict=True)
+    ]
 
 
 def components(mask: np.ndarray) -> np.ndarray | None:

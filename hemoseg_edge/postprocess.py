@@ -90,38 +90,38 @@ def fov_area(geometry: Geometry) -> int:
     return int((hi - lo).sum())
 
 
-def _model_to_window(geometry: Geometry, c0: int, r0: int, c1: int, r1: int) -> Window:
-    """Original-pixel window whose bilinear samples can touch model pixels ``c0..c1`` x
-    ``r0..r1`` (inclusive); generous by one model pixel plus two original pixels per side."""
+def _model_to_windows(geometry: Geometry, groups: np.ndarray) -> np.ndarray:
+    """Original-pixel windows ``(x0, y0, x1, y1)`` whose bilinear samples can touch model
+    pixels ``c0..c1`` x ``r0..r1`` (inclusive; one row of ``groups`` each); generous by one
+    model pixel plus two original pixels per side."""
     h, w = geometry.model_hw
     x0, y0, x1, y1 = geometry.box
     sx, sy = (x1 - x0) / w, (y1 - y0) / h
+    c0, r0, c1, r1 = groups.T
     # original pixel X samples model coordinate u = (X + 0.5 - x0) / sx - 0.5; it depends on
     # model pixels floor(u) and floor(u) + 1 only
-    return (
-        int(np.floor(x0 + (c0 - 1.5) * sx - 2.5)),
-        int(np.floor(y0 + (r0 - 1.5) * sy - 2.5)),
-        int(np.ceil(x0 + (c1 + 2.5) * sx + 2.5)),
-        int(np.ceil(y0 + (r1 + 2.5) * sy + 2.5)),
-    )
-
-
-def _intersect(a: Window, b: Window) -> Window | None:
-    x0, y0 = max(a[0], b[0]), max(a[1], b[1])
-    x1, y1 = min(a[2], b[2]), min(a[3], b[3])
-    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+    return np.stack(
+        [
+            np.floor(x0 + (c0 - 1.5) * sx - 2.5),
+            np.floor(y0 + (r0 - 1.5) * sy - 2.5),
+            np.ceil(x0 + (c1 + 2.5) * sx + 2.5),
+            np.ceil(y0 + (r1 + 2.5) * sy + 2.5),
+        ],
+        axis=1,
+    ).astype(np.int64)
 
 
 # Grouping works on cells of _CELL x _CELL model pixels, grown by _GROW cells. Near pixels of
 # two groups are then >= 2 * _CELL * _GROW + _CELL + 1 = 13 model pixels apart along some axis,
-# while a window reaches at most 5 model pixels beyond its near pixels (``_model_to_window``,
+# while a window reaches at most 5 model pixels beyond its near pixels (``_model_to_windows``,
 # scale >= 1): windows of different groups never touch.
 _CELL, _GROW = 4, 1
 
 
-def _groups(near: np.ndarray) -> list[tuple[int, int, int, int]]:
-    """Boxes ``(c0, r0, c1, r1)`` (inclusive, model pixels) of groups of near pixels: any two
-    near pixels at most 2 apart share a group, and different groups' windows never touch."""
+def _groups(near: np.ndarray) -> np.ndarray:
+    """Boxes ``(c0, r0, c1, r1)`` (inclusive, model pixels; an ``(n, 4)`` int64 array) of
+    groups of near pixels: any two near pixels at most 2 apart share a group, and different
+    groups' windows never touch."""
     # max over each cell: a dilation anchored at the cell's corner, sampled every _CELL pixels
     cells = cv2.dilate(near, np.ones((_CELL, _CELL), np.uint8), anchor=(0, 0))[::_CELL, ::_CELL]
     grown = cv2.dilate(cells, np.ones((2 * _GROW + 1, 2 * _GROW + 1), np.uint8))
@@ -133,13 +133,11 @@ def _groups(near: np.ndarray) -> list[tuple[int, int, int, int]]:
         if np.array_equal(boxes, grown):
             break
         grown = boxes
-    out = []
-    for bx, by, bw, bh, _ in stats[1:]:
-        part = near[by * _CELL : (by + bh) * _CELL, bx * _CELL : (bx + bw) * _CELL]
-        rows = np.flatnonzero(part.any(axis=1))
-        cols = np.flatnonzero(part.any(axis=0))
-        c0, r0 = bx * _CELL + int(cols[0]), by * _CELL + int(rows[0])
-        out.append((c0, r0, bx * _CELL + int(cols[-1]), by * _CELL + int(rows[-1])))
+    out = np.empty((n - 1, 4), np.int64)
+    for k, (bx, by, bw, bh, _) in enumerate(stats[1:]):  # near pixels' box in each group
+        x0, y0 = bx * _CELL, by * _CELL
+        x, y, w, h = cv2.boundingRect(near[y0 : y0 + bh * _CELL, x0 : x0 + bw * _CELL])
+        out[k] = x0 + x, y0 + y, x0 + x + w - 1, y0 + y + h - 1
     return out
 
 
@@ -164,26 +162,32 @@ def candidate_windows(prob: np.ndarray, geometry: Geometry, threshold: float) ->
         groups = _groups(near)
     else:
         cols = np.flatnonzero(near.any(axis=0))
-        groups = [(int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1]))]
-    windows = [_intersect(_model_to_window(geometry, *g), box) for g in groups]
-    return sorted(win for win in windows if win is not None)
+        groups = np.array([[cols[0], rows[0], cols[-1], rows[-1]]], np.int64)
+    win = _model_to_windows(geometry, groups)
+    np.maximum(win[:, :2], box[:2], out=win[:, :2])  # intersect with the FOV box
+    np.minimum(win[:, 2:], box[2:], out=win[:, 2:])
+    keep = (win[:, 2] > win[:, 0]) & (win[:, 3] > win[:, 1])
+    return sorted(map(tuple, win[keep].tolist()))
 
 
 def threshold_windows(prob: np.ndarray, geometry: Geometry, threshold: float) -> WindowedMask:
     """``to_original_mask`` as a ``WindowedMask``: only the disjoint ``candidate_windows`` are
     back-mapped and thresholded; the mask is all False outside them."""
     windows = candidate_windows(prob, geometry, threshold)
+    if not windows:
+        return WindowedMask(geometry.original_hw)
     padded = padded_map(prob, geometry.model_hw)
     thr = np.float32(threshold)  # numpy compares a float32 map with a Python float in float32
-    parts = []
-    for win in windows:
-        x0, y0, x1, y1 = win
-        part = np.empty((y1 - y0, x1 - x0), dtype=bool)
-        lo, hi = disc_spans(geometry, y0, y1)
-        if not native.back_map_ge(padded, geometry.box, win, thr, lo, hi, part):
-            np.greater_equal(back_map(geometry, padded, win), thr, out=part)
-            part &= _spans_to_mask(lo, hi, x0, x1)
-        parts.append(part)
+    _, ya, _, yb = fov_box(geometry)  # every window lies in it
+    lo, hi = disc_spans(geometry, ya, yb)
+    parts = native.back_map_ge_windows(padded, geometry.box, windows, thr, lo, hi, ya)
+    if parts is None:
+        parts = []
+        for win in windows:
+            x0, y0, x1, y1 = win
+            part = back_map(geometry, padded, win) >= thr
+            part &= _spans_to_mask(lo[y0 - ya : y1 - ya], hi[y0 - ya : y1 - ya], x0, x1)
+            parts.append(part)
     return WindowedMask(geometry.original_hw, tuple(windows), tuple(parts))
 
 

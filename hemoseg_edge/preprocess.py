@@ -214,9 +214,31 @@ def _percentile_u8(v: np.ndarray, q: float) -> float:
     n = v.size
     pos = (n - 1) * (q / 100.0)  # numpy's index, up to rounding: take one more on each side
     lo, hi = max(0, int(np.floor(pos)) - 1), min(n - 1, int(np.ceil(pos)) + 1)
-    cum = np.cumsum(np.bincount(v.ravel(), minlength=256))
+    if n < 1 << 24:  # OpenCV's float32 counts are exact; ~6x faster than np.bincount
+        hist = cv2.calcHist([v], [0], None, [256], [0, 256]).ravel().astype(np.int64)
+    else:
+        hist = np.bincount(v.ravel(), minlength=256)
+    cum = np.cumsum(hist)
     a, b = np.searchsorted(cum, [lo + 1, hi + 1], side="left")  # lo-th, hi-th smallest values
     return float(a) if a == b else float(np.percentile(v, q))
+
+
+def _largest_component(binary: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """The largest 8-connected component of a 0/1 uint8 image (the first in raster order on a
+    tie, as OpenCV labels): its 0/1 mask and bounding box ``(x, y, w, h)``; None if empty.
+    A fundus mask is nearly always one component: the native labelling then only confirms it
+    (the mask is the image itself), ~15x faster than OpenCV's labels."""
+    stats = native.components(binary)
+    if stats is not None and len(stats) <= 1:
+        if len(stats) == 0:
+            return None
+        _, x0, y0, x1, y1, _, _ = stats[0].tolist()
+        return binary, (x0, y0, x1 - x0 + 1, y1 - y0 + 1)
+    n, labels, cc, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+    if n <= 1:
+        return None
+    k = 1 + int(np.argmax(cc[1:, cv2.CC_STAT_AREA]))
+    return (labels == k).astype(np.uint8), tuple(int(v) for v in cc[k, :4])
 
 
 def find_fov(frame: np.ndarray) -> Fov:
@@ -234,18 +256,16 @@ def find_fov(frame: np.ndarray) -> Fov:
     thr = float(np.clip(0.08 * _percentile_u8(v, 95), 10, 20))
     binary = (v > thr).astype(np.uint8)
     binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
     whole = Fov((0, 0, fw, fh), fw / 2, fh / 2, float(np.hypot(fw, fh) / 2), False, 0.0, 0.0)
-    if n <= 1:
+    found = _largest_component(binary)
+    if found is None:
         return whole
-    k = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    bx, by, bw, bh, _ = stats[k]
-    comp = (labels == k).astype(np.uint8)
+    comp, (bx, by, bw, bh) = found
     contours, _ = cv2.findContours(comp, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
     hull = cv2.convexHull(np.concatenate(contours))  # dim, vignetted edges dent the outline
     filled = np.zeros_like(comp)
     cv2.drawContours(filled, [hull], -1, 1, thickness=-1)
-    area = int(filled.sum())
+    area = cv2.countNonZero(filled)
     if area < 0.1 * sw * sh:
         return whole
     pts = _densify(hull.reshape(-1, 2).astype(np.float64))
@@ -256,8 +276,8 @@ def find_fov(frame: np.ndarray) -> Fov:
     cx, cy, r = fit
     disc = np.zeros_like(comp)
     cv2.circle(disc, (round(cx), round(cy)), max(1, round(r)), 1, thickness=-1)
-    disc_area = int(disc.sum())
-    fill_ratio = float((filled & disc).sum() / disc_area) if disc_area else 0.0
+    disc_area = cv2.countNonZero(disc)
+    fill_ratio = cv2.countNonZero(filled & disc) / disc_area if disc_area else 0.0
     # back to frame pixels, one small-pixel margin, outward rounding
     inv = 1.0 / scale
     x0 = max(0, int(np.floor((bx - 1) * inv)))

@@ -59,9 +59,18 @@ def test_disabled_by_environment(monkeypatch):
     native._load.cache_clear()
 
 
-def test_area_max3_equals_opencv_inter_area(needs_native):
+@pytest.mark.parametrize("simd", [True, False], ids=["simd", "scalar"])
+def test_area_max3_equals_opencv_inter_area(needs_native, simd):
+    """Both code paths (AVX2 gathers where the CPU has them, and scalar) equal OpenCV."""
     if platform.machine().lower() not in native._AREA_MAX3_MACHINES:
         pytest.skip("area_max3 runs on x86-64 only (OpenCV's reference there)")
+    with native.simd(simd) as on:
+        if simd and not on:
+            pytest.skip("this CPU has no AVX2: the scalar code runs")
+        _check_area_max3()
+
+
+def _check_area_max3():
     rng = np.random.default_rng(0)
     frames = real_frames()
     frames.append(frames[0][3:-5, 7:-2])  # rows with a stride wider than the row
