@@ -226,7 +226,13 @@ def summary_section(groups: dict[str, list[dict]]) -> list[str]:
     best = max(inf, key=_ips)
     lines = ["## End-to-end vs pure inference", ""]
     rows = []
-    for mode in ("single", "batch", "batch+outputs", "batch-spare-core"):
+    for mode in (
+        "single",
+        "batch",
+        "batch+outputs",
+        "batch-spare-core",
+        "batch+outputs-spare-core",
+    ):
         b = e2e.get(mode)
         if b is None:
             continue
@@ -250,17 +256,29 @@ def summary_section(groups: dict[str, list[dict]]) -> list[str]:
         f" **{_label(best)}** at {_ips(best):.2f} images/s. Target: batch / best inference"
         " >= 0.9.",
         "",
-        "*Paired*: before each timed round the same backend ran pure inference on N tensors"
-        " (latency and throughput tuning; the better counts); the ratio is taken per round and"
-        " its median reported, so drift in the host's speed cancels. Per-round values are in"
-        " the JSON (`paired_ratios`).",
+        "*Paired*: before each timed round the same backend ran pure inference on N tensors,"
+        " in latency and in throughput tuning; the tuning with the better median rate is the"
+        " yardstick of every round (the better of two noisy rates round by round would"
+        " inflate it). The ratio is taken per round and its median reported, so drift in the"
+        " host's speed cancels. Per-round values are in the JSON (`paired_ratios`,"
+        " `paired_inference_by_tuning`).",
         "",
-        "*batch-spare-core*: inference on one thread, so a core is free for decode,"
-        " preprocess and postprocess; paired with pure inference of that same one-thread"
+        "*-spare-core*: inference on one thread, so a core is free for decode, preprocess,"
+        " postprocess (and the writes); paired with pure inference of that same one-thread"
         " backend. Its ratio says whether the pipeline hides the other stages when the host"
         " has CPU left to hide them in.",
         "",
     ]
+    share = e2e["batch"]["extra_info"].get("inference_cpu_share")
+    if share is not None:
+        ei = e2e["batch"]["extra_info"]
+        lines += [
+            f"CPU accounting inside the batch rounds (no pairing needed): {ei['total_core_ms']}"
+            f" core-ms per image in all, {ei['other_core_ms']} of them in decode, preprocess"
+            f" and postprocess (thread CPU time), so inference had **{share:.3f}** of the CPU"
+            " (median over rounds).",
+            "",
+        ]
     head = ["default CPU path", "runs as", "images/s", "paired inference images/s"]
     lines += _table(head + ["paired ratio", "/ best of inference group"], rows)
     budget = next(iter(groups.get("cpu-budget", [])), None)
@@ -269,9 +287,10 @@ def summary_section(groups: dict[str, list[dict]]) -> list[str]:
         stages = ("decode", "preprocess", "inference", "postprocess")
         lines += [
             "What limits it: CPU time per image of each stage of the batch path (core-ms,"
-            " process CPU time, one stage at a time over the same images). Inference already"
-            " fills every core, so every other core-ms is taken from it: inference / total is"
-            " the ceiling of the ratio on this host, however well the stages overlap.",
+            " process CPU time, one stage at a time over the same images; inference as the"
+            " batch path runs it, every stream busy). Inference already fills every core, so"
+            " every other core-ms is taken from it: inference / total is the ceiling of the"
+            " ratio on this host, however well the stages overlap.",
             "",
             *_table(
                 [*stages, "ceiling ratio"],
