@@ -117,17 +117,52 @@ __attribute__((target("avx2"))) void hsum_row_avx2(const float* row, const int* 
 }
 #endif
 
+// One output row of hs_area_max3: d[dx] = max over the 3 channels of saturate_u8(sum[...]).
+void flush_row(const float* sum, int dw, uint8_t* d) {
+    for (int dx = 0; dx < dw; dx++) {
+        const uint8_t b = saturate_u8(sum[dx * 3]), g = saturate_u8(sum[dx * 3 + 1]);
+        const uint8_t r = saturate_u8(sum[dx * 3 + 2]);
+        d[dx] = std::max(std::max(b, g), r);
+    }
+}
+
+#ifdef HS_X86_DISPATCH
+// The same: cvtps2dq rounds half to even under the default rounding mode, as lrintf does.
+__attribute__((target("avx2"))) void flush_row_avx2(const float* sum, int dw, uint8_t* d) {
+    const int width = dw * 3;
+    int32_t v[24];
+    int dx = 0;
+    const __m256i lo = _mm256_setzero_si256(), hi = _mm256_set1_epi32(255);
+    for (; (dx + 8) * 3 <= width; dx += 8) {  // 8 pixels = 24 values = 3 vectors
+        for (int q = 0; q < 3; q++) {
+            __m256i x = _mm256_cvtps_epi32(_mm256_loadu_ps(sum + dx * 3 + q * 8));
+            x = _mm256_min_epi32(_mm256_max_epi32(x, lo), hi);
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(v + q * 8), x);
+        }
+        for (int p = 0; p < 8; p++) {
+            const int m = std::max(std::max(v[3 * p], v[3 * p + 1]), v[3 * p + 2]);
+            d[dx + p] = static_cast<uint8_t>(m);
+        }
+    }
+    flush_row(sum + dx * 3, dw - dx, d + dx);
+}
+#endif
+
 using HsumFn = void (*)(const float*, const int*, const float*, int, int, float*, int);
+
+using FlushFn = void (*)(const float*, int, uint8_t*);
 
 #ifdef HS_X86_DISPATCH
 bool has_avx2() {
     __builtin_cpu_init();  // runs from a static initialiser
     return __builtin_cpu_supports("avx2");
 }
-// hsum_row_avx2 where the CPU has AVX2 (hs_use_simd switches, for the tests)
+// the AVX2 variants where the CPU has AVX2 (hs_use_simd switches, for the tests)
 HsumFn g_hsum = has_avx2() ? hsum_row_avx2 : hsum_row;
+FlushFn g_flush = has_avx2() ? flush_row_avx2 : flush_row;
 #else
 HsumFn g_hsum = hsum_row;
+FlushFn g_flush = flush_row;
 #endif
 
 void area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int dw, uint8_t* out) {
@@ -160,14 +195,8 @@ void area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int dw,
     const HsumFn hsum = g_hsum;
     std::vector<float> row(static_cast<size_t>(w) * cn), buf(width), sum(width, 0.0f);
     int buf_row = -1;
-    auto flush = [&](int dy) {
-        uint8_t* d = out + static_cast<int64_t>(dy) * dw;
-        for (int dx = 0; dx < dw; dx++) {
-            uint8_t b = saturate_u8(sum[dx * 3]), g = saturate_u8(sum[dx * 3 + 1]);
-            uint8_t r = saturate_u8(sum[dx * 3 + 2]);
-            d[dx] = std::max(std::max(b, g), r);
-        }
-    };
+    const FlushFn flush_fn = g_flush;
+    auto flush = [&](int dy) { flush_fn(sum.data(), dw, out + static_cast<int64_t>(dy) * dw); };
     int prev_dy = ny ? ytab[0].di : 0;
     for (int j = 0; j < ny; j++) {
         const float beta = ytab[j].alpha;
@@ -203,8 +232,10 @@ extern "C" {
 // SIMD is now in use. Both give the same bits (tests/test_native.py runs both).
 int hs_use_simd(int on) {
 #ifdef HS_X86_DISPATCH
-    g_hsum = on && has_avx2() ? hsum_row_avx2 : hsum_row;
-    return g_hsum == hsum_row_avx2;
+    const bool simd = on && has_avx2();
+    g_hsum = simd ? hsum_row_avx2 : hsum_row;
+    g_flush = simd ? flush_row_avx2 : flush_row;
+    return simd;
 #else
     (void)on;
     return 0;
