@@ -82,12 +82,12 @@ def render_outputs(
     from .postprocess import render_overlay
 
     names = output_names(stem)
-    mask_png = encode_png_mask(result.mask)
+    mask_png = encode_png_mask(result.mask_windows)  # no full-size mask is built
     colour = load_overlay_frame(path, result, overlay_max_side)
     summary = f"hemorrhage {result.burden_percent:.2f}% of FOV, {len(result.lesions)} lesions" + (
         f"  [{', '.join(result.flags)}]" if result.flags else ""
     )
-    overlay = encode_jpeg(render_overlay(colour, result.mask_windows, summary))
+    overlay = encode_jpeg(render_overlay(colour, result.mask_windows, summary, inplace=True))
     d = result.to_dict()
     d["input"] = str(path)
     d["outputs"] = {"mask": names[0], "overlay": names[1]}

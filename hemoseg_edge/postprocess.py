@@ -295,9 +295,13 @@ def sample_mask(mask: WindowedMask, hw: tuple[int, int]) -> np.ndarray:
 
 
 def render_overlay(
-    bgr: np.ndarray, mask: np.ndarray | WindowedMask, summary: str | None = None
+    bgr: np.ndarray,
+    mask: np.ndarray | WindowedMask,
+    summary: str | None = None,
+    inplace: bool = False,
 ) -> np.ndarray:
-    """Colour image with lesion outlines (the mask is resampled to the image if needed)."""
+    """Colour image with lesion outlines (the mask is resampled to the image if needed);
+    ``inplace``: drawn on ``bgr`` itself rather than on a copy."""
     h, w = bgr.shape[:2]
     if isinstance(mask, WindowedMask):
         m = sample_mask(mask, (h, w))
@@ -309,7 +313,7 @@ def render_overlay(
             if m.any()
             else np.zeros((h, w), np.uint8)
         )
-    out = bgr.copy()
+    out = bgr if inplace else bgr.copy()
     contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     thick = max(1, round(max(h, w) / 700))
     cv2.drawContours(out, contours, -1, (255, 255, 0), thick, lineType=cv2.LINE_AA)

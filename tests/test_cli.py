@@ -259,3 +259,18 @@ def test_mask_png_reads_back_exactly():
         assert back.dtype == np.uint8 and np.array_equal(back, mask * np.uint8(255))
         with Image.open(bio.BytesIO(data)) as im:
             assert im.mode == "1" and np.array_equal(np.asarray(im), mask)
+
+
+def test_mask_png_from_windows_equals_full_mask():
+    """A ``WindowedMask`` is packed window by window (windows at odd offsets, two sharing a
+    byte, one at the right edge): the same PNG bytes as its full mask."""
+    from hemoseg_edge.io import encode_png_mask
+    from hemoseg_edge.result import WindowedMask
+
+    rng = np.random.default_rng(1)
+    h, w = 40, 61
+    windows = ((3, 2, 11, 9), (11, 2, 14, 30), (20, 10, 37, 12), (50, 0, 61, 40))
+    parts = tuple(rng.random((y1 - y0, x1 - x0)) < 0.5 for x0, y0, x1, y1 in windows)
+    wm = WindowedMask((h, w), windows, parts)
+    assert encode_png_mask(wm) == encode_png_mask(wm.full())
+    assert encode_png_mask(WindowedMask((h, w))) == encode_png_mask(np.zeros((h, w), bool))
