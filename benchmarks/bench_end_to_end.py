@@ -4,11 +4,12 @@ tuned as the CLI tunes it (latency for one image, throughput for several). Group
 every round processes the same N full-size images (full mode: the 27 official IDRiD test
 images).
 
-The batch benchmarks measure their own yardstick, *paired*: before each timed round (in
-pytest-benchmark's untimed ``setup``) the same backend runs pure inference on N preprocessed
-tensors, tuned both ways. Each round's ratio is its end-to-end rate over the better of those two
-inference rates measured just before it, so a host whose speed drifts (shared, throttled) moves
-both sides together. ``paired_ratio`` is the median of those ratios.
+The batch benchmarks measure their own yardstick, *paired*: before and after each timed round
+(in pytest-benchmark's untimed ``setup`` and ``teardown``) the same backend runs pure inference
+on N preprocessed tensors, tuned both ways. Each round's ratio is its end-to-end rate over the
+mean of the inference rates measured just before and just after it, in the tuning whose median
+is better, so a host whose speed drifts (shared, throttled) moves both sides together.
+``paired_ratio`` is the median of those ratios.
 
 ``batch-spare-core`` asks whether the pipeline hides decode, preprocess and postprocess when
 inference leaves CPU to hide them in: inference on one thread (one core), the pipeline's other
@@ -55,18 +56,20 @@ def paths(images) -> list:
 
 
 class PairedInference:
-    """Pure-inference rates (images/s) of each tuning, measured right before each timed
-    round. The tuning with the better median is the yardstick for every round: taking the
+    """Pure-inference rates (images/s) of each tuning, measured right before and right after
+    each timed round (``measure``, ``measure_after``: pytest-benchmark's untimed setup and
+    teardown); a round's rate is the mean of the two, so a steady drift of the host's speed
+    cancels. The tuning with the better median is the yardstick for every round: taking the
     better of two noisy measurements round by round would inflate the yardstick."""
 
     def __init__(self, segs: list[Segmenter], tensor: np.ndarray, n: int):
         self.runs = [runner(s.backend, tensor) for s in segs]
         self.n = n
-        self.by_tuning: list[list[float]] = [[] for _ in segs]
+        self.before: list[list[float]] = [[] for _ in segs]
+        self.after: list[list[float]] = [[] for _ in segs]
 
-    def measure(self) -> None:
-        forget_caches()  # the timed round then sees the images as new ones
-        for (run, per_call), rates in zip(self.runs, self.by_tuning, strict=True):
+    def _rates(self, into: list[list[float]]) -> None:
+        for (run, per_call), rates in zip(self.runs, into, strict=True):
             run()  # warm: the pipeline may have left the other tuning's threads asleep
             calls = max(1, self.n // per_call)
             t = time.perf_counter()
@@ -74,9 +77,26 @@ class PairedInference:
                 run()
             rates.append(calls * per_call / (time.perf_counter() - t))
 
+    def measure(self) -> None:
+        self._rates(self.before)
+        forget_caches()  # the timed round then sees the images as new ones
+
+    def measure_after(self) -> None:
+        self._rates(self.after)
+
+    @property
+    def by_tuning(self) -> list[list[float]]:
+        return [
+            [(a + b) / 2 for a, b in zip(before, after, strict=True)]
+            for before, after in zip(self.before, self.after, strict=True)
+        ]
+
     @property
     def rates(self) -> list[float]:
         return max(self.by_tuning, key=statistics.median)
+
+    def pedantic(self, benchmark, run, rounds: int) -> None:
+        benchmark.pedantic(run, setup=self.measure, teardown=self.measure_after, rounds=rounds)
 
 
 class StageCpu:
@@ -145,6 +165,8 @@ def _record(
             paired_ratio=round(statistics.median(ratios), 3),
             paired_inference_median=round(statistics.median(paired.rates), 3),
             paired_inference_by_tuning=[[round(r, 3) for r in t] for t in paired.by_tuning],
+            paired_inference_before=[[round(r, 3) for r in t] for t in paired.before],
+            paired_inference_after=[[round(r, 3) for r in t] for t in paired.after],
         )
     if cpu is not None:
         ei.update(
@@ -187,7 +209,7 @@ def bench_batch(benchmark, single_seg, batch_seg, paths, models):
     paired = _paired([single_seg, batch_seg], paths)
     cpu = StageCpu(batch_seg)
     run = cpu.wrap(_batch_run(batch_seg, paths), len(paths))
-    benchmark.pedantic(run, setup=paired.measure, rounds=rounds(12, 2))
+    paired.pedantic(benchmark, run, rounds(12, 2))
     _record(benchmark, batch_seg, paths, "batch", models, paired, cpu)
 
 
@@ -204,7 +226,7 @@ def bench_batch_spare_core(benchmark, one_thread_seg, paths, models):
     benchmark.group = GROUP
     paired = _paired([one_thread_seg], paths)
     run = _batch_run(one_thread_seg, paths)
-    benchmark.pedantic(run, setup=paired.measure, rounds=rounds(4, 1))
+    paired.pedantic(benchmark, run, rounds(4, 1))
     _record(benchmark, one_thread_seg, paths, "batch-spare-core", models, paired)
 
 
@@ -233,7 +255,7 @@ def bench_batch_with_outputs(benchmark, single_seg, batch_seg, paths, models, tm
     benchmark.group = GROUP
     paired = _paired([single_seg, batch_seg], paths)
     run = _with_outputs_run(batch_seg, paths, tmp_path)
-    benchmark.pedantic(run, setup=paired.measure, rounds=rounds(4, 1))
+    paired.pedantic(benchmark, run, rounds(4, 1))
     _record(benchmark, batch_seg, paths, "batch+outputs", models, paired)
 
 
@@ -243,7 +265,7 @@ def bench_batch_with_outputs_spare_core(benchmark, one_thread_seg, paths, models
     benchmark.group = GROUP
     paired = _paired([one_thread_seg], paths)
     run = _with_outputs_run(one_thread_seg, paths, tmp_path)
-    benchmark.pedantic(run, setup=paired.measure, rounds=rounds(4, 1))
+    paired.pedantic(benchmark, run, rounds(4, 1))
     _record(benchmark, one_thread_seg, paths, "batch+outputs-spare-core", models, paired)
 
 

@@ -256,12 +256,12 @@ def summary_section(groups: dict[str, list[dict]]) -> list[str]:
         f" **{_label(best)}** at {_ips(best):.2f} images/s. Target: batch / best inference"
         " >= 0.9.",
         "",
-        "*Paired*: before each timed round the same backend ran pure inference on N tensors,"
-        " in latency and in throughput tuning; the tuning with the better median rate is the"
-        " yardstick of every round (the better of two noisy rates round by round would"
-        " inflate it). The ratio is taken per round and its median reported, so drift in the"
-        " host's speed cancels. Per-round values are in the JSON (`paired_ratios`,"
-        " `paired_inference_by_tuning`).",
+        "*Paired*: right before and right after each timed round the same backend ran pure"
+        " inference on N tensors, in latency and in throughput tuning; a round's yardstick is"
+        " the mean of its before and after rates, in the tuning with the better median (the"
+        " better of two noisy rates round by round would inflate it). The ratio is taken per"
+        " round and its median reported, so drift in the host's speed cancels. Per-round"
+        " values are in the JSON (`paired_ratios`, `paired_inference_before`, `_after`).",
         "",
         "*-spare-core*: inference on one thread, so a core is free for decode, preprocess,"
         " postprocess (and the writes); paired with pure inference of that same one-thread"
