@@ -302,16 +302,28 @@ def area_weights(start: float, stop: float, dst_len: int) -> tuple[int, np.ndarr
     Returns ``(first, w)``: ``w[j, c]`` is the weight of source pixel ``first + c`` in output
     ``j``; each row sums to 1.
     """
+    s, first, last, a, b = _footprints(start, stop, dst_len)
+    w = _overlap(a, b, np.arange(first, last, dtype=np.float64)[None, :], s).astype(np.float32)
+    w.setflags(write=False)  # cached: shared by every caller
+    return first, w
+
+
+def _footprints(
+    start: float, stop: float, dst_len: int
+) -> tuple[float, int, int, np.ndarray, np.ndarray]:
+    """``(s, first, last, a, b)``: footprint width, the source pixels ``first..last-1`` under
+    ``[start, stop)``, and each output's footprint ``[a[j], b[j])`` (a column, float64)."""
     if not stop > start or dst_len < 1:
         raise ValueError(f"bad resample interval [{start}, {stop}) -> {dst_len}")
     s = (stop - start) / dst_len
     first, last = int(np.floor(start)), int(np.ceil(stop))
-    c = np.arange(first, last, dtype=np.float64)[None, :]
     a = start + s * np.arange(dst_len, dtype=np.float64)[:, None]
-    b = a + s
-    w = np.clip(np.minimum(b, c + 1.0) - np.maximum(a, c), 0.0, None) / s
-    w.setflags(write=False)
-    return first, w.astype(np.float32)
+    return s, first, last, a, a + s
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, c: np.ndarray, s: float) -> np.ndarray:
+    """The weight of source pixel ``[c, c + 1)`` in footprint ``[a, b)`` of width ``s``."""
+    return np.clip(np.minimum(b, c + 1.0) - np.maximum(a, c), 0.0, None) / s
 
 
 @lru_cache(maxsize=64)
@@ -321,16 +333,10 @@ def _area_taps(start: float, stop: float, dst_len: int) -> tuple[int, int, np.nd
     padding where a row has fewer). Computed from the same float64 formula as
     ``area_weights``, on the few source pixels under each footprint only (the dense matrix
     cost ~3 ms per axis, and every image's FOV box is new)."""
-    if not stop > start or dst_len < 1:
-        raise ValueError(f"bad resample interval [{start}, {stop}) -> {dst_len}")
-    s = (stop - start) / dst_len
-    first, last = int(np.floor(start)), int(np.ceil(stop))
-    a = start + s * np.arange(dst_len, dtype=np.float64)[:, None]
-    b = a + s
+    s, first, last, a, b = _footprints(start, stop, dst_len)
 
     def weight(c: np.ndarray) -> np.ndarray:  # area_weights' formula; 0 outside its columns
-        w = np.clip(np.minimum(b, c + 1.0) - np.maximum(a, c), 0.0, None) / s
-        return np.where((c >= first) & (c < last), w, 0.0).astype(np.float32)
+        return np.where((c >= first) & (c < last), _overlap(a, b, c, s), 0.0).astype(np.float32)
 
     cand = np.floor(a) + np.arange(int(np.ceil(s)) + 2)  # covers [floor(a), ceil(b))
     nonzero = weight(cand) > 0
