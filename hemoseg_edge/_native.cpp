@@ -4,10 +4,12 @@
 //   hs_area_max3     cv2.resize(frame, (sw, sh), INTER_AREA) (non-integer scale), then the
 //                    per-pixel max over the 3 channels            (preprocess.find_fov)
 //   hs_area_resample preprocess.area_resample on a uint8 plane   (taps computed in Python)
-//   hs_back_map_ge   preprocess.back_map(...) >= threshold inside the FOV disc's row spans
-//                    (and _windows: many windows in one call)   (postprocess.threshold_windows)
+//   hs_back_map_ge_windows
+//                    preprocess.back_map(...) >= threshold inside the FOV disc's row spans,
+//                    for every lesion window in one call      (postprocess.threshold_windows)
 //   hs_components    8-connected components with area, bounding box and coordinate sums, as
 //                    cv2.connectedComponentsWithStats gives them  (postprocess.find_lesions)
+//   hs_use_simd      switches hs_area_max3 between its AVX2 and scalar code (for the tests)
 // Bit equality rests on doing the same IEEE float32 operations in the same order: build with
 // -ffp-contract=off (no fused multiply-add) and without -ffast-math. tests/test_native.py
 // compares every function with its reference on real IDRiD frames and random inputs.
@@ -88,7 +90,7 @@ void bilinear_taps(int start, int stop, double box0, double scale, int n, std::v
 // buf[i] = ((0 + row[s0[i]] * a0[i]) + row[s1[i]] * a1[i]) + ..., K taps (tap k's sources and
 // weights at src_k + k * width, alpha_k + k * width).
 void hsum_row(const float* row, const int* src_k, const float* alpha_k, int K, int width,
-              float* buf, int begin = 0) {
+              float* buf, int begin) {
     for (int i = begin; i < width; i++) {
         float acc = 0.0f;
         for (int k = 0; k < K; k++)
@@ -101,7 +103,7 @@ void hsum_row(const float* row, const int* src_k, const float* alpha_k, int K, i
 // The same operations, 8 values at a time (AVX2 gathers; separate multiply and add, no FMA).
 __attribute__((target("avx2"))) void hsum_row_avx2(const float* row, const int* src_k,
                                                    const float* alpha_k, int K, int width,
-                                                   float* buf, int begin = 0) {
+                                                   float* buf, int begin) {
     int i = begin;
     for (; i + 8 <= width; i += 8) {
         __m256 acc = _mm256_setzero_ps();
@@ -165,7 +167,31 @@ HsumFn g_hsum = hsum_row;
 FlushFn g_flush = flush_row;
 #endif
 
-void area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int dw, uint8_t* out) {
+}  // namespace
+
+extern "C" {
+
+// Use the SIMD variants where the CPU has them (on != 0) or the scalar code; returns 1 when
+// SIMD is now in use. Both give the same bits (tests/test_native.py runs both).
+int hs_use_simd(int on) {
+#ifdef HS_X86_DISPATCH
+    const bool simd = on && has_avx2();
+    g_hsum = simd ? hsum_row_avx2 : hsum_row;
+    g_flush = simd ? flush_row_avx2 : flush_row;
+    return simd;
+#else
+    (void)on;
+    return 0;
+#endif
+}
+
+// max over channels of cv2.resize(src, (dw, dh), interpolation=INTER_AREA) for a 3-channel
+// uint8 image whose scale is not an integer on both axes (OpenCV's generic area path).
+// src: h x w x 3, row stride `stride` bytes; out: dh x dw uint8, contiguous. Returns 0.
+// OpenCV's loop, reorganised without changing any float operation: every output value's taps
+// are gathered tap by tap and summed in tap order over all values at once (vector registers);
+// a source row's horizontal sums are computed once even when two output rows share it.
+int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int dw, uint8_t* out) {
     const int cn = 3;
     std::vector<Tap> xtab, ytab;
     int nx = area_tab(w, dw, cn, 1.0 / (static_cast<double>(dw) / w), xtab);
@@ -216,34 +242,6 @@ void area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int dw,
         }
     }
     if (ny) flush(prev_dy);
-}
-
-}  // namespace
-
-extern "C" {
-
-// max over channels of cv2.resize(src, (dw, dh), interpolation=INTER_AREA) for a 3-channel
-// uint8 image whose scale is not an integer on both axes (OpenCV's generic area path).
-// src: h x w x 3, row stride `stride` bytes; out: dh x dw uint8, contiguous. Returns 0.
-// OpenCV's loop, reorganised without changing any float operation: every output value's taps
-// are gathered tap by tap and summed in tap order over all values at once (vector registers);
-// a source row's horizontal sums are computed once even when two output rows share it.
-// Use the SIMD variants where the CPU has them (on != 0) or the scalar code; returns 1 when
-// SIMD is now in use. Both give the same bits (tests/test_native.py runs both).
-int hs_use_simd(int on) {
-#ifdef HS_X86_DISPATCH
-    const bool simd = on && has_avx2();
-    g_hsum = simd ? hsum_row_avx2 : hsum_row;
-    g_flush = simd ? flush_row_avx2 : flush_row;
-    return simd;
-#else
-    (void)on;
-    return 0;
-#endif
-}
-
-int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int dw, uint8_t* out) {
-    area_max3(src, h, w, stride, dh, dw, out);
     return 0;
 }
 
@@ -268,8 +266,10 @@ int hs_area_resample(const uint8_t* band_u8, int64_t stride, int64_t pix, int nx
     std::vector<float> cw(static_cast<size_t>(kx) * w), rows(static_cast<size_t>(nx)), g(w);
     for (int i = 0; i < w; i++) {
         for (int k = 0; k < kx; k++) {
-            cidx[static_cast<size_t>(k) * w + i] = static_cast<int>(ix[static_cast<int64_t>(i) * kx + k]);
-            cw[static_cast<size_t>(k) * w + i] = wx[static_cast<int64_t>(i) * kx + k];
+            const size_t to = static_cast<size_t>(k) * w + i;
+            const int64_t from = static_cast<int64_t>(i) * kx + k;
+            cidx[to] = static_cast<int>(ix[from]);
+            cw[to] = wx[from];
         }
     }
     for (int j = 0; j < h; j++) {
@@ -305,9 +305,10 @@ int hs_area_resample(const uint8_t* band_u8, int64_t stride, int64_t pix, int nx
 // disc inside the crop box). padded: (h + 2) x (w + 2) float32, the model map with a zero
 // border; box: the crop box in original pixels (Geometry.box). out: bool/uint8 rows of
 // `out_stride` bytes, the window of the full mask. Scratch: the model rows the window needs.
-int hs_back_map_ge(const float* padded, int h, int w, double bx0, double by0, double bx1,
-                   double by1, int x0, int y0, int x1, int y1, float thr, const int64_t* span_lo,
-                   const int64_t* span_hi, uint8_t* out, int64_t out_stride) {
+static int hs_back_map_ge(const float* padded, int h, int w, double bx0, double by0,
+                          double bx1, double by1, int x0, int y0, int x1, int y1, float thr,
+                          const int64_t* span_lo, const int64_t* span_hi, uint8_t* out,
+                          int64_t out_stride) {
     const int ww = x1 - x0, wh = y1 - y0;
     if (ww <= 0 || wh <= 0) return 0;
     std::vector<int> c0, c1, r0, r1;
