@@ -55,6 +55,18 @@ def paths(images) -> list:
     return list(itertools.islice(itertools.cycle(images), n))
 
 
+def per_image(run, per_call: int, n: int, clock) -> float:
+    """``clock`` time per image over about ``n`` images of ``runner``'s ``run`` (``per_call``
+    images a call), after one untimed call: the pipeline may have left the other tuning's
+    threads asleep."""
+    run()
+    calls = max(1, n // per_call)
+    t = clock()
+    for _ in range(calls):
+        run()
+    return (clock() - t) / (calls * per_call)
+
+
 class PairedInference:
     """Pure-inference rates (images/s) of each tuning, measured right before and right after
     each timed round (``measure``, ``measure_after``: pytest-benchmark's untimed setup and
@@ -70,12 +82,7 @@ class PairedInference:
 
     def _rates(self, into: list[list[float]]) -> None:
         for (run, per_call), rates in zip(self.runs, into, strict=True):
-            run()  # warm: the pipeline may have left the other tuning's threads asleep
-            calls = max(1, self.n // per_call)
-            t = time.perf_counter()
-            for _ in range(calls):
-                run()
-            rates.append(calls * per_call / (time.perf_counter() - t))
+            rates.append(1.0 / per_image(run, per_call, self.n, time.perf_counter))
 
     def measure(self) -> None:
         self._rates(self.before)
@@ -126,8 +133,8 @@ class StageCpu:
     def wrap(self, run, n: int):
         def timed_run():
             seg = self.seg
-            seg._load_and_preprocess = self._timed(type(seg)._load_and_preprocess.__get__(seg))
-            seg._finish = self._timed(type(seg)._finish.__get__(seg))
+            seg._load_and_preprocess = self._timed(seg._load_and_preprocess)
+            seg._finish = self._timed(seg._finish)
             self.other, t = 0.0, time.process_time()
             try:
                 return run()
@@ -289,12 +296,7 @@ def bench_cpu_budget(benchmark, batch_seg, paths, models):
         would leave a stream idle, and its thread's spinning would count)."""
         run, per_call = runner(seg.backend, tensor)
         time.sleep(0.5)
-        run()
-        calls = max(1, len(paths) // per_call)
-        t = time.process_time()
-        for _ in range(calls):
-            run()
-        return 1000 * (time.process_time() - t) / (calls * per_call)
+        return 1000 * per_image(run, per_call, len(paths), time.process_time)
 
     def run() -> dict[str, float]:
         loaded, decode = stage(seg.load, paths)
