@@ -34,6 +34,8 @@ REPORT_FIELDS = (
     "input",
     "status",
     "error",
+    "hemorrhage_detected",
+    "image_score",
     "burden_percent",
     "lesion_count",
     "lesion_area_px",
@@ -84,9 +86,11 @@ def render_outputs(
     names = output_names(stem)
     mask_png = encode_png_mask(result.mask_windows)  # no full-size mask is built
     colour = load_overlay_frame(path, result, overlay_max_side)
-    summary = f"hemorrhage {result.burden_percent:.2f}% of FOV, {len(result.lesions)} lesions" + (
-        f"  [{', '.join(result.flags)}]" if result.flags else ""
-    )
+    verdict = {True: "hemorrhage detected", False: "no hemorrhage detected", None: "score"}
+    summary = (
+        f"{verdict[result.hemorrhage_detected]} ({result.image_score:.2f}); "
+        f"{result.burden_percent:.2f}% of FOV, {len(result.lesions)} lesions"
+    ) + (f"  [{', '.join(result.flags)}]" if result.flags else "")
     overlay = encode_jpeg(render_overlay(colour, result.mask_windows, summary, inplace=True))
     d = result.to_dict()
     d["input"] = str(path)
@@ -163,6 +167,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 q = res.quadrant_counts
                 row.update(
                     status="ok",
+                    hemorrhage_detected=(
+                        "" if res.hemorrhage_detected is None else int(res.hemorrhage_detected)
+                    ),
+                    image_score=f"{res.image_score:.4f}",
                     burden_percent=f"{res.burden_percent:.4f}",
                     lesion_count=len(res.lesions),
                     lesion_area_px=res.lesion_area_px,

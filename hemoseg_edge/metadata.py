@@ -14,6 +14,7 @@ from .errors import ModelError
 from .preprocess import DEFAULT_INPUT_HW, spec_sha256
 
 PREFIX = "hemoseg."
+NO_IMAGE_THRESHOLD = -1.0
 REQUIRED = ("input_height", "input_width", "layout", "normalisation", "threshold", "version")
 
 
@@ -31,6 +32,10 @@ class ModelMetadata:
     version: str = "unversioned"
     precision: str = "fp32"
     training_data: str = "unknown"
+    # image-level operating point on ``postprocess.image_score`` (chosen on validation);
+    # NO_IMAGE_THRESHOLD: the model has none, results carry the score but no verdict
+    image_threshold: float = -1.0
+    architecture: str = "unet-skouta2022"
     preprocess_sha256: str = field(default_factory=spec_sha256)
     extra: dict = field(default_factory=dict)
 
@@ -82,8 +87,14 @@ class ModelMetadata:
             raise ModelError(f"{source}: unsupported normalisation {self.normalisation!r}")
         if not (0.0 < self.threshold < 1.0):
             raise ModelError(f"{source}: threshold {self.threshold} outside (0, 1)")
+        if self.image_threshold != NO_IMAGE_THRESHOLD and not (0.0 < self.image_threshold < 1.0):
+            raise ModelError(f"{source}: image_threshold {self.image_threshold} outside (0, 1)")
         if self.input_height % 16 or self.input_width % 16 or self.input_height < 16:
             raise ModelError(f"{source}: input size {self.input_hw} is not a multiple of 16")
+
+    @property
+    def has_image_threshold(self) -> bool:
+        return self.image_threshold != NO_IMAGE_THRESHOLD
 
     @property
     def preprocess_matches(self) -> bool:

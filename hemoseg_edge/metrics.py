@@ -126,6 +126,23 @@ class PrHistogram:
         prev = np.concatenate([[0.0], recall[:-1]])
         return float(np.sum((recall - prev) * prec))
 
+    def aupr_trapezoid(self, points: int = 11) -> float:
+        """AUPR as the M2MRF / HRDecoder lesion-segmentation code computes it: precision and
+        recall at ``points`` evenly spaced thresholds (0, 0.1, ..., 1), joined by trapezoids
+        over recall between consecutive thresholds. An empty prediction (threshold 1) counts as
+        precision 1 at recall 0."""
+        total = int(self.pos.sum())
+        if total == 0:
+            return 0.0
+        recall, prec = [], []
+        for t in np.linspace(0.0, 1.0, points):
+            c = self.counts_at(float(t))
+            recall.append(c.tp / total)
+            prec.append(c.tp / (c.tp + c.fp) if c.tp + c.fp else 1.0)
+        # consecutive thresholds, as sklearn.metrics.auc integrates the (monotone) recall array
+        r, p = np.asarray(recall), np.asarray(prec)
+        return float(np.sum(np.abs(r[1:] - r[:-1]) * (p[1:] + p[:-1]) / 2.0))
+
     def best_threshold(
         self, metric=dice, lo: float = 0.01, hi: float = 0.99
     ) -> tuple[float, float]:
@@ -148,3 +165,13 @@ def best_threshold_dice(
         h.add(p, t)
     thr, best = h.best_threshold(dice)
     return dice(h.counts_at(0.5)), best, thr
+
+
+def threshold_for_sensitivity(positive_scores: list[float], target: float) -> float:
+    """The highest threshold ``t`` with ``mean(score >= t) >= target`` over positive images
+    (an image-level operating point); raises ValueError for an empty list."""
+    if not positive_scores:
+        raise ValueError("no positive scores to choose an operating point from")
+    ordered = sorted(float(s) for s in positive_scores)
+    misses = int(np.floor((1.0 - target) * len(ordered) + 1e-9))
+    return ordered[misses]

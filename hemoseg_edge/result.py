@@ -61,6 +61,18 @@ class SegmentationResult:
     flags: list[str] = field(default_factory=list)
     timings_ms: dict[str, float] = field(default_factory=dict)
     model: dict[str, str] = field(default_factory=dict)
+    # image level: ``postprocess.image_score`` (the strongest lesion's probability, [0, 1]) and
+    # the model's operating point on it (``image_threshold``; None when the model has none)
+    image_score: float = 0.0
+    image_threshold: float | None = None
+
+    @property
+    def hemorrhage_detected(self) -> bool | None:
+        """The image-level verdict: score >= the model's operating point (chosen on
+        validation for sensitivity >= 0.95); None when the model carries no operating point."""
+        if self.image_threshold is None:
+            return None
+        return self.image_score >= self.image_threshold
 
     @cached_property
     def mask(self) -> np.ndarray:
@@ -92,6 +104,9 @@ class SegmentationResult:
                 "width": self.geometry.original_hw[1],
             },
             "threshold": self.threshold,
+            "image_score": round(self.image_score, 4),
+            "image_threshold": self.image_threshold,
+            "hemorrhage_detected": self.hemorrhage_detected,
             "hemorrhage_burden_percent_of_fov": round(self.burden_percent, 4),
             "lesion_count": len(self.lesions),
             "lesion_area_px": self.lesion_area_px,

@@ -19,7 +19,7 @@ from .engines import INT8_MODEL, default_model_path, verify_against_manifest
 from .errors import HemosegError, ModelError
 from .io import LoadedImage, load_image, read_bytes
 from .metadata import ModelMetadata
-from .postprocess import fov_area, threshold_windows, window_lesions
+from .postprocess import fov_area, image_score, threshold_windows, window_lesions
 from .preprocess import Preprocessed, preprocess_frame
 from .result import SegmentationResult
 
@@ -150,6 +150,7 @@ class Segmenter:
         mask = threshold_windows(prob, pre.geometry, thr)
         lesions = window_lesions(mask, pre.geometry)
         area = fov_area(pre.geometry)
+        score = image_score(prob, pre.geometry)
         colour = "greyscale_input" not in image.notes
         flags = quality.assess(image.frame, pre.fov, pre.green_stats, colour) + list(image.notes)
         timings["postprocess"] = 1000 * (time.perf_counter() - t)
@@ -170,6 +171,10 @@ class Segmenter:
                 "backend": self.backend.name,
                 "providers": ",".join(self.backend.providers),
             },
+            image_score=score,
+            image_threshold=(
+                self.metadata.image_threshold if self.metadata.has_image_threshold else None
+            ),
         )
 
     # --- public API ---------------------------------------------------------------------------

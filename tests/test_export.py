@@ -219,3 +219,30 @@ def test_export_writes_only_checked_files(unet, tmp_path):
         ex.export(unet, failed, md, parity_inputs=images(1), tol=-1.0)
     assert not failed.exists()
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.onnx"]  # no temp files left
+
+
+def test_mobilenet_unet_exports_with_parity():
+    """Model v2's ops: stride-2 'same' convs (asymmetric pads), depthwise convs, ReLU6 (Clip)
+    and residual Adds; odd-sized strided inputs exercise the pad rule."""
+    from training.model_mnv2 import build_mnv2_unet
+
+    hw = (64, 96)
+    model = randomise(build_mnv2_unet(hw), seed=5)
+    p = ex.keras_to_onnx(model, hw)
+    onnx.checker.check_model(p, full_check=True)
+    ops = {n.op_type for n in p.graph.node}
+    assert {"Clip", "Add", "Conv"} <= ops
+    assert any(a.name == "group" and a.i > 1 for n in p.graph.node for a in n.attribute)
+    ex.check_resize_rule(p, expected=ex.count_upsampling(model))
+    x = images(2, hw, seed=4)
+    assert ex.check_parity(model, p, x) <= TOL
+
+
+@pytest.mark.parametrize("size,stride", [(7, 2), (8, 2), (9, 3)])
+def test_strided_same_padding_matches_keras(size, stride):
+    inp = keras.Input((size, size, 1))
+    x = layers.Conv2D(3, 3, strides=stride, padding="same", name="c")(inp)
+    x = layers.DepthwiseConv2D(3, strides=stride, padding="same", name="d")(x)
+    model = randomise(keras.Model(inp, x))
+    p = ex.keras_to_onnx(model, (size, size))
+    assert ex.check_parity(model, p, images(1, (size, size))) <= TOL

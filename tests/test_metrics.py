@@ -73,3 +73,29 @@ def test_best_threshold_finds_separating_value():
     prob = np.array([0.1, 0.2, 0.3, 0.8, 0.9], np.float32)
     d05, best, thr = m.best_threshold_dice([prob], [truth])
     assert d05 == 1.0 and best == 1.0 and 0.3 < thr <= 0.8
+
+
+def test_threshold_for_sensitivity():
+    scores = [0.9, 0.2, 0.7, 0.4, 0.8, 0.6, 0.5, 0.3, 0.95, 0.1] * 2  # 20 positives
+    t = m.threshold_for_sensitivity(scores, 0.95)
+    # one miss of 20 is allowed, but both lowest scores are 0.1: the threshold stays there
+    assert t == 0.1
+    assert m.threshold_for_sensitivity(scores, 0.5) == 0.6  # 10 of 20 scores are >= 0.6
+    assert np.mean(np.asarray(scores) >= 0.6) == 0.5
+    assert np.mean(np.asarray(scores) >= 0.7) < 0.5
+    with pytest.raises(ValueError):
+        m.threshold_for_sensitivity([], 0.95)
+
+
+def test_eleven_point_trapezoid_aupr_by_hand():
+    """Perfect separation: precision 1 at every recall -> 1.0; and a hand-made case."""
+    h = m.PrHistogram(1000)
+    h.add(np.array([0.95, 0.85, 0.05, 0.15]), np.array([True, True, False, False]))
+    assert h.aupr_trapezoid() == pytest.approx(1.0)
+    h = m.PrHistogram(1000)
+    # positives at 0.55 and 0.95, negatives at 0.75 and 0.05
+    h.add(np.array([0.55, 0.95, 0.75, 0.05]), np.array([True, True, False, False]))
+    # thresholds 0.0: r=1, p=0.5; 0.1..0.5: r=1, p=2/3; 0.6, 0.7: r=.5, p=.5;
+    # 0.8, 0.9: r=.5, p=1; 1.0: r=0, p=1 (empty). Recall changes only 0.5->0.6 and 0.9->1.0:
+    want = 0.5 * (2 / 3 + 0.5) / 2 + 0.5 * (1.0 + 1.0) / 2
+    assert h.aupr_trapezoid() == pytest.approx(want)

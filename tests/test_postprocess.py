@@ -212,3 +212,55 @@ def test_sample_mask_is_nearest_neighbour_of_the_full_mask(real_geometries):
         for h, w in [(oh // 2, ow // 2), (1360, 2048), (oh, ow), (97, 131)]:
             ys, xs = np.arange(h) * oh // h, np.arange(w) * ow // w
             assert np.array_equal(sample_mask(wm, (h, w)), full[np.ix_(ys, xs)].view(np.uint8))
+
+
+def test_image_score_needs_a_lesion_not_a_pixel():
+    from hemoseg_edge.postprocess import image_score, model_fov_mask
+
+    hw = (64, 64)
+    g = Geometry((640, 640), (640, 640), hw, (0.0, 0.0, 640.0, 640.0), (320.0, 320.0), 300.0)
+    fov = model_fov_mask(g)
+    assert fov[32, 32] and not fov[0, 0] and not fov[63, 63]
+    # the model-grid disc agrees with the full-resolution FOV mask sampled at pixel centres
+    full = g.fov_mask()
+    centres = full[5::10, 5::10]
+    assert np.mean(centres == fov) > 0.99
+    prob = np.zeros(hw, np.float32)
+    assert image_score(prob, g) == 0.0
+    prob[30, 30] = 1.0  # one hot pixel: a ninth of the 3x3 box
+    assert image_score(prob, g) == pytest.approx(1.0 / 9.0, abs=1e-6)
+    prob[30:33, 40:43] = 0.8  # a 3x3 lesion
+    assert image_score(prob, g) == pytest.approx(0.8, abs=1e-6)
+    prob[:] = 0.0
+    prob[0:3, 0:3] = 1.0  # outside the field of view: ignored
+    assert image_score(prob, g) == 0.0
+
+
+def test_result_verdict_follows_the_models_operating_point(tiny_model, sample_image, tmp_path):
+    from conftest import make_tiny_onnx
+
+    from hemoseg_edge.metadata import ModelMetadata
+
+    plain = Segmenter.from_engine(tiny_model).segment(sample_image)
+    assert 0.0 < plain.image_score <= 1.0  # the tiny model marks dark pixels: some are in the FOV
+    assert plain.hemorrhage_detected is None and plain.to_dict()["hemorrhage_detected"] is None
+    for offset, verdict in ((-1e-3, True), (1e-3, False)):
+        md = ModelMetadata(version="t", image_threshold=round(plain.image_score + offset, 6))
+        path = tmp_path / f"op{verdict}.onnx"
+        path.write_bytes(make_tiny_onnx(metadata=md))
+        r = Segmenter.from_engine(path).segment(sample_image)
+        assert r.image_score == plain.image_score
+        assert r.hemorrhage_detected is verdict
+        assert r.to_dict()["hemorrhage_detected"] is verdict
+
+
+def test_image_threshold_is_validated():
+    from hemoseg_edge.errors import ModelError
+    from hemoseg_edge.metadata import ModelMetadata
+
+    props = ModelMetadata(version="t", image_threshold=0.3).to_props()
+    assert ModelMetadata.from_props(props).image_threshold == 0.3
+    assert not ModelMetadata.from_props(ModelMetadata(version="t").to_props()).has_image_threshold
+    props["hemoseg.image_threshold"] = "1.5"
+    with pytest.raises(ModelError, match="image_threshold"):
+        ModelMetadata.from_props(props)

@@ -135,3 +135,120 @@ def test_paper_recipe_smoke(tmp_path):
     info = (run / "run_info.json").read_text()
     assert '"recipe": "paper"' in info and '"patch": null' in info
     assert len(list(csv.DictReader(open(run / "log.csv")))) == 1
+
+
+def test_mobilenet_encoder_takes_torchvision_layout():
+    """The converter's weight layouts: a conv kernel (O, I, kh, kw), a depthwise kernel
+    (C, 1, kh, kw), BatchNorm statistics, and the first conv's folded ImageNet normalisation
+    (a grey image through the folded kernel equals RGB (x - mean) / std through the original)."""
+    from training.model_mnv2 import (
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        SETTING,
+        build_mnv2_unet,
+        load_imagenet,
+    )
+
+    model = build_mnv2_unet((64, 64))
+    rng = np.random.default_rng(0)
+    state = {}
+    for layer in model.layers:  # a fake torchvision state dict of the right shapes
+        name = layer.name
+        if not name.startswith("features."):
+            continue
+        if hasattr(layer, "kernel"):
+            k = np.asarray(layer.kernel)
+            shape = (
+                (k.shape[2], 1, *k.shape[:2])
+                if "dw" in name
+                else (k.shape[3], k.shape[2], *k.shape[:2])
+            )
+            state[name] = rng.normal(size=shape).astype(np.float32)
+    state["features.0.0.weight"] = rng.normal(size=(32, 3, 3, 3)).astype(np.float32)
+    mapping = {"features.0.bn": "features.0.1"}
+    idx = 1
+    for t, _c, rep, _s in SETTING:
+        for _ in range(rep):
+            p = f"features.{idx}.conv"
+            names = ("dw", "project") if t == 1 else ("expand", "dw", "project")
+            torch_convs = (f"{p}.0.0", f"{p}.1") if t == 1 else (f"{p}.0.0", f"{p}.1.0", f"{p}.2")
+            torch_bns = (f"{p}.0.1", f"{p}.2") if t == 1 else (f"{p}.0.1", f"{p}.1.1", f"{p}.3")
+            for n, tc, tb in zip(names, torch_convs, torch_bns, strict=True):
+                state[f"{tc}.weight"] = state.pop(f"features.{idx}.{n}")
+                mapping[f"features.{idx}.{n}_bn"] = tb
+            idx += 1
+    for bn_name, prefix in mapping.items():
+        c = model.get_layer(bn_name).gamma.shape[0]
+        for key in ("weight", "bias", "running_mean", "running_var"):
+            state[f"{prefix}.{key}"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    state.pop("features.0.conv", None)
+    assert load_imagenet(model, state) == 255
+    dw = model.get_layer("features.1.dw")
+    np.testing.assert_array_equal(
+        np.asarray(dw.kernel)[:, :, 5, 0], state["features.1.conv.0.0.weight"][5, 0]
+    )
+    pw = model.get_layer("features.2.expand")
+    np.testing.assert_array_equal(
+        np.asarray(pw.kernel)[0, 0, 7, 9], state["features.2.conv.0.0.weight"][9, 7, 0, 0]
+    )
+    bn = model.get_layer("features.3.dw_bn")
+    np.testing.assert_array_equal(
+        np.asarray(bn.moving_variance), state["features.3.conv.1.1.running_var"]
+    )
+    # first conv on a constant grey patch (centre pixel, no padding effects)
+    first = model.get_layer("features.0.conv")
+    g = 0.37
+    got = g * np.asarray(first.kernel).sum(axis=(0, 1, 2)) + np.asarray(first.bias)
+    w = state["features.0.0.weight"]
+    rgb = (g - IMAGENET_MEAN) / IMAGENET_STD
+    want = (w * rgb[None, :, None, None]).sum(axis=(1, 2, 3))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_legacy_reader_round_trip(tmp_path, monkeypatch):
+    """A file in torch's legacy (pre-zip) format, written here with stand-in ``torch``
+    modules (the reader must not need torch), reads back exactly, strides included."""
+    import collections
+    import pickle
+    import struct
+    import sys
+    import types
+
+    from training.torch_legacy import load_state_dict
+
+    a = np.arange(6, dtype=np.float32)
+    fake_torch, fake_utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+
+    class FloatStorage:
+        pass
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called while writing")
+
+    FloatStorage.__module__, _rebuild_tensor_v2.__module__ = "torch", "torch._utils"
+    FloatStorage.__qualname__ = "FloatStorage"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    fake_torch.FloatStorage, fake_utils._rebuild_tensor_v2 = FloatStorage, _rebuild_tensor_v2
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", fake_utils)
+    storage = object()
+
+    class Tensor:
+        def __reduce__(self):
+            return (_rebuild_tensor_v2, (storage, 0, (3, 2), (1, 3), False, {}))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if obj is storage:
+                return ("storage", FloatStorage, "0", "cpu", a.size)
+            return None
+
+    path = tmp_path / "w.pth"
+    with open(path, "wb") as f:
+        for header in (0x1950A86A20F9469CFC6C, 1001, {}):
+            pickle.dump(header, f, protocol=2)
+        Pickler(f, protocol=2).dump(collections.OrderedDict(w=Tensor()))
+        pickle.dump(["0"], f, protocol=2)
+        f.write(struct.pack("<q", a.size) + a.tobytes())
+    out = load_state_dict(path)
+    np.testing.assert_array_equal(out["w"], a.reshape(2, 3).T)  # size (3, 2), strides (1, 3)

@@ -34,20 +34,32 @@ def _full_prob(result) -> np.ndarray:
     return result.geometry.to_original(result.probability) * result.geometry.fov_mask()
 
 
-def tune_threshold(seg: Segmenter, items, bins: int = 200) -> dict:
-    """Best pooled-Dice threshold at full resolution over ``items`` (validation only)."""
+def tune_threshold(seg: Segmenter, items, bins: int = 200, sensitivity: float = 0.95) -> dict:
+    """Best pooled-Dice threshold at full resolution over ``items`` (validation only), and the
+    image-level operating point: the highest score threshold that keeps ``sensitivity`` of
+    these (all hemorrhage-positive) images detected."""
     hist = M.PrHistogram(bins)
+    scores = {}
     for item in items:
         r = seg.segment(item.image)
         hist.add(_full_prob(r), read_mask(item))
+        scores[item.id] = round(r.image_score, 4)
     thr, best = hist.best_threshold(M.dice)
-    return {"threshold": thr, "val_dice": best, "val_aupr": hist.aupr(), "images": len(items)}
+    return {
+        "threshold": thr,
+        "val_dice": best,
+        "val_aupr": hist.aupr(),
+        "images": len(items),
+        "image_scores": scores,
+        "image_threshold": M.threshold_for_sensitivity(list(scores.values()), sensitivity),
+        "image_sensitivity_target": sensitivity,
+    }
 
 
 def evaluate_idrid(seg: Segmenter, items, threshold: float, bins: int = 1000) -> dict:
     hist_full, hist_model = M.PrHistogram(bins), M.PrHistogram(bins)
     total, total_model = M.Counts(0, 0, 0, 0), M.Counts(0, 0, 0, 0)
-    per_image = {}
+    per_image, scores, verdicts, lesion_stats = {}, {}, {}, []
     t0 = time.time()
     for item in items:
         r = seg.segment(item.image)
@@ -60,23 +72,64 @@ def evaluate_idrid(seg: Segmenter, items, threshold: float, bins: int = 1000) ->
         hist_model.add(r.probability, truth_m)
         total_model += M.confusion(r.probability >= threshold, truth_m)
         per_image[item.id] = round(M.dice(c), 4)
+        pred = prob >= threshold
+        lesion_stats.append(lesion_level(pred, truth))
+        scores[item.id] = round(r.image_score, 4)
+        verdicts[item.id] = r.hemorrhage_detected
         print(f"  {item.id}: dice {M.dice(c):.4f}", file=sys.stderr, flush=True)
+    hits = sum(s["hit"] for s in lesion_stats)
+    regions = sum(s["regions"] for s in lesion_stats)
     return {
         "images": len(items),
         "threshold": threshold,
-        "full_resolution": {**_rounded(M.summarize(total)), "aupr": round(hist_full.aupr(), 4)},
+        "full_resolution": {
+            **_rounded(M.summarize(total)),
+            "aupr": round(hist_full.aupr(), 4),
+            "aupr_11pt_trapezoid": round(hist_full.aupr_trapezoid(), 4),
+        },
         "model_resolution": {
             **_rounded(M.summarize(total_model)),
             "aupr": round(hist_model.aupr(), 4),
+            "aupr_11pt_trapezoid": round(hist_model.aupr_trapezoid(), 4),
         },
         "per_image_dice": per_image,
         "mean_per_image_dice": round(float(np.mean(list(per_image.values()))), 4),
+        "lesion_level": {
+            "regions": regions,
+            "hit": hits,
+            "sensitivity": round(hits / regions, 4) if regions else None,
+            "false_positive_lesions_per_image": round(
+                float(np.mean([s["false_positive"] for s in lesion_stats])), 2
+            ),
+        },
+        "image_level": _image_level(scores, verdicts),
         "seconds": round(time.time() - t0, 1),
     }
 
 
+def lesion_level(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Ground-truth regions hit by any predicted pixel, and predicted lesions (8-connected)
+    that touch no ground-truth pixel."""
+    n_true, true_labels = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
+    n_pred, pred_labels = cv2.connectedComponents(pred.astype(np.uint8), connectivity=8)
+    hit = len(np.unique(true_labels[pred & (true_labels > 0)]))
+    touching = len(np.unique(pred_labels[truth & (pred_labels > 0)]))
+    return {"regions": n_true - 1, "hit": hit, "false_positive": n_pred - 1 - touching}
+
+
+def _image_level(scores: dict, verdicts: dict) -> dict:
+    """Image-level detection over images that all have hemorrhage: sensitivity only."""
+    known = [v for v in verdicts.values() if v is not None]
+    return {
+        "scores": scores,
+        "detected": sum(known) if known else None,
+        "sensitivity": round(sum(known) / len(known), 4) if known else None,
+        "note": "every labelled image here has hemorrhage: specificity is not measurable",
+    }
+
+
 def evaluate_ddb1(seg: Segmenter, items) -> dict:
-    detected, hits, regions, per_image = 0, 0, 0, {}
+    detected, hits, regions, per_image, scores, verdicts = 0, 0, 0, {}, {}, {}
     for item in items:
         r = seg.segment(item.image)
         truth = read_mask(item)
@@ -85,10 +138,13 @@ def evaluate_ddb1(seg: Segmenter, items) -> dict:
         detected += bool(r.lesions)
         hits += hit
         regions += n - 1
+        scores[item.id] = round(r.image_score, 4)
+        verdicts[item.id] = r.hemorrhage_detected
         per_image[item.id] = {"lesions_predicted": len(r.lesions), "regions": n - 1, "hit": hit}
     return {
         "images": len(items),
         "image_level_sensitivity": round(detected / len(items), 4) if items else None,
+        "image_level": _image_level(scores, verdicts),
         "lesion_level_hits": hits,
         "lesion_level_regions": regions,
         "lesion_level_sensitivity": round(hits / regions, 4) if regions else None,
@@ -104,7 +160,7 @@ def evaluate_paper_way(seg: Segmenter, threshold: float, copies: int = 4) -> dic
 
     rng = np.random.default_rng(0)
     total = M.Counts(0, 0, 0, 0)
-    examples = load_cached(idrid_items("train"))
+    examples = load_cached(idrid_items("train"), seg.metadata.input_hw)
     for ex in examples:
         for _ in range(copies):
             x, y = augment(ex.x, ex.y, rng, allow_transpose=False)

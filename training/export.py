@@ -5,8 +5,11 @@
 The converter walks the Keras functional graph (any backend: only Keras' symbolic graph and
 ``keras.ops.convert_to_numpy`` are used) and writes one ONNX node per Keras layer, NCHW, opset 17:
 
-- ``Conv2D`` -> ``Conv`` (kernel HWIO -> OIHW, bias as initializer) [+ ``Relu``/``Sigmoid``]
-- ``ReLU`` -> ``Relu``; ``BatchNormalization`` -> ``BatchNormalization`` (inference form)
+- ``Conv2D`` -> ``Conv`` (kernel HWIO -> OIHW, bias as initializer) [+ ``Relu``/``Sigmoid``];
+  'same' padding with any stride as Keras pads it (odd pixel bottom/right)
+- ``DepthwiseConv2D`` -> grouped ``Conv``; ``Add`` -> ``Add``
+- ``ReLU`` -> ``Relu`` (``max_value``: ``Clip``); ``BatchNormalization`` -> ``BatchNormalization``
+  (inference form)
 - ``MaxPooling2D`` -> ``MaxPool``; ``Concatenate`` -> ``Concat`` (channel axis -1 -> 1)
 - ``UpSampling2D`` (nearest) -> exactly one ``Resize`` (nearest, asymmetric, floor, constant
   ``scales`` initializer): never a Shape/Gather/Tile subgraph, which some edge runtimes (and
@@ -83,8 +86,8 @@ def _f32(variable) -> np.ndarray:
 def _unsupported(layer, why: str) -> ValueError:
     return ValueError(
         f"layer {layer.name!r} ({type(layer).__name__}): {why}; the ONNX exporter supports "
-        "InputLayer, Conv2D, ReLU, BatchNormalization, MaxPooling2D, UpSampling2D (nearest) "
-        "and Concatenate only"
+        "InputLayer, Conv2D, DepthwiseConv2D, ReLU (optionally capped), Add, BatchNormalization, "
+        "MaxPooling2D, UpSampling2D (nearest) and Concatenate only"
     )
 
 
@@ -121,16 +124,7 @@ def _conv2d(g: _Graph, layer, ins: list[str], shapes: list[tuple], out: str) -> 
     sh, sw = _pair(layer.strides)
     dh, dw = _pair(layer.dilation_rate)
     groups = int(getattr(layer, "groups", 1))
-    if layer.padding == "same":
-        if (sh, sw) != (1, 1):
-            raise _unsupported(layer, "'same' padding with strides != 1")
-        if kh % 2 == 0 or kw % 2 == 0:
-            raise _unsupported(layer, "'same' padding with an even kernel (asymmetric pads)")
-        ph, pw = dh * (kh - 1) // 2, dw * (kw - 1) // 2
-    elif layer.padding == "valid":
-        ph = pw = 0
-    else:
-        raise _unsupported(layer, f"padding {layer.padding!r}")
+    pads, (ho, wo) = _pads(layer, (h, w), (kh, kw), (sh, sw), (dh, dw))
     kernel = _f32(layer.kernel)  # (kh, kw, cin / groups, cout)
     if kernel.shape[2] * groups != c:
         raise ValueError(f"layer {layer.name!r}: kernel {kernel.shape} does not fit {c} channels")
@@ -145,23 +139,89 @@ def _conv2d(g: _Graph, layer, ins: list[str], shapes: list[tuple], out: str) -> 
         [conv_out],
         name=layer.name,
         kernel_shape=[kh, kw],
-        pads=[ph, pw, ph, pw],
+        pads=pads,
         strides=[sh, sw],
         dilations=[dh, dw],
         group=groups,
     )
     if act:
         g.add_node(act, [conv_out], [out], name=f"{layer.name}/{act.lower()}")
-    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     return (n, int(layer.filters), ho, wo)
+
+
+def _pads(layer, hw, kernel, strides, dilations) -> tuple[list[int], tuple[int, int]]:
+    """ONNX pads [top, left, bottom, right] and the output size, as Keras computes them:
+    'same' pads ``max((out - 1) * s + (k - 1) * d + 1 - in, 0)`` with the odd pixel at the
+    bottom/right (TensorFlow's rule, which Keras follows on every backend)."""
+    if layer.padding not in ("same", "valid"):
+        raise _unsupported(layer, f"padding {layer.padding!r}")
+    begin, end, out = [], [], []
+    for size, k, s, d in zip(hw, kernel, strides, dilations, strict=True):
+        span = (k - 1) * d + 1
+        if layer.padding == "valid":
+            begin.append(0)
+            end.append(0)
+            out.append((size - span) // s + 1)
+            continue
+        o = -(-size // s)
+        total = max((o - 1) * s + span - size, 0)
+        begin.append(total // 2)
+        end.append(total - total // 2)
+        out.append(o)
+    return [*begin, *end], (out[0], out[1])
+
+
+def _depthwise(g: _Graph, layer, ins: list[str], shapes: list[tuple], out: str) -> tuple:
+    """``DepthwiseConv2D`` -> grouped ``Conv`` (group = channels)."""
+    _channels_last(layer)
+    (x,), (n, c, h, w) = ins, shapes[0]
+    kh, kw = _pair(layer.kernel_size)
+    sh, sw = _pair(layer.strides)
+    dh, dw = _pair(layer.dilation_rate)
+    pads, (ho, wo) = _pads(layer, (h, w), (kh, kw), (sh, sw), (dh, dw))
+    kernel = _f32(layer.kernel)  # (kh, kw, c, multiplier)
+    if kernel.shape[2] != c:
+        raise ValueError(f"layer {layer.name!r}: kernel {kernel.shape} does not fit {c} channels")
+    mult = kernel.shape[3]
+    onnx_kernel = kernel.transpose(2, 3, 0, 1).reshape(c * mult, 1, kh, kw).copy()
+    inputs = [x, g.add_initializer(f"{layer.name}/kernel", onnx_kernel)]
+    if layer.use_bias:
+        inputs.append(g.add_initializer(f"{layer.name}/bias", _f32(layer.bias)))
+    act = _activation_op(layer)
+    conv_out = f"{out}/preact" if act else out
+    g.add_node(
+        "Conv",
+        inputs,
+        [conv_out],
+        name=layer.name,
+        kernel_shape=[kh, kw],
+        pads=pads,
+        strides=[sh, sw],
+        dilations=[dh, dw],
+        group=c,
+    )
+    if act:
+        g.add_node(act, [conv_out], [out], name=f"{layer.name}/{act.lower()}")
+    return (n, c * mult, ho, wo)
 
 
 def _relu(g: _Graph, layer, ins, shapes, out) -> tuple:
     mv, ns, th = layer.max_value, float(layer.negative_slope), float(layer.threshold)
-    if mv is not None or ns != 0.0 or th != 0.0:
-        raise _unsupported(layer, "ReLU with max_value, negative_slope or threshold")
-    g.add_node("Relu", ins, [out], name=layer.name)
+    if ns != 0.0 or th != 0.0:
+        raise _unsupported(layer, "ReLU with negative_slope or threshold")
+    if mv is None:
+        g.add_node("Relu", ins, [out], name=layer.name)
+    else:  # ReLU6 and friends: Clip (opset >= 11 takes min/max as inputs)
+        lo = g.add_initializer(f"{layer.name}/min", np.array(0.0, np.float32))
+        hi = g.add_initializer(f"{layer.name}/max", np.array(float(mv), np.float32))
+        g.add_node("Clip", [ins[0], lo, hi], [out], name=layer.name)
+    return shapes[0]
+
+
+def _add(g: _Graph, layer, ins, shapes, out) -> tuple:
+    if len(ins) != 2 or shapes[0] != shapes[1]:
+        raise _unsupported(layer, f"Add of shapes {shapes} (expected two equal shapes)")
+    g.add_node("Add", ins, [out], name=layer.name)
     return shapes[0]
 
 
@@ -248,7 +308,9 @@ def _converters() -> dict[type, Any]:
     # exact types: a subclass may override call(), so it is refused rather than guessed
     return {
         layers.Conv2D: _conv2d,
+        layers.DepthwiseConv2D: _depthwise,
         layers.ReLU: _relu,
+        layers.Add: _add,
         layers.BatchNormalization: _batchnorm,
         layers.MaxPooling2D: _maxpool,
         layers.UpSampling2D: _upsampling,
@@ -538,16 +600,25 @@ class ExportReport:
     metadata: ModelMetadata
 
 
-def _float32_unet(input_hw: tuple[int, int], weights: str | os.PathLike):
-    """``build_unet(input_hw)`` in float32 (whatever the global policy) with ``weights``."""
-    import keras
-
+def build_architecture(arch: str, input_hw: tuple[int | None, int | None]):
+    """The Keras model of ``arch`` ("unet": the paper's, v1; "mnv2": MobileNetV2 U-Net, v2)."""
     from training.model import build_unet
+    from training.model_mnv2 import build_mnv2_unet
+
+    builders = {"unet": build_unet, "mnv2": build_mnv2_unet}
+    if arch not in builders:
+        raise ValueError(f"unknown architecture {arch!r} (expected one of {sorted(builders)})")
+    return builders[arch](tuple(input_hw))
+
+
+def _float32_model(input_hw: tuple[int, int], weights: str | os.PathLike, arch: str = "unet"):
+    """``arch`` at ``input_hw`` in float32 (whatever the global policy) with ``weights``."""
+    import keras
 
     old = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
     try:
-        model = build_unet(tuple(input_hw))
+        model = build_architecture(arch, input_hw)
     finally:
         keras.mixed_precision.set_global_policy(old)
     model.load_weights(os.fspath(weights))
@@ -564,10 +635,11 @@ def export(
     parity_inputs: np.ndarray | None = None,
     tol: float = PARITY_TOL,
     seed: int = 0,
+    arch: str = "unet",
 ) -> ExportReport:
     """Convert, check and atomically write an ONNX model.
 
-    ``source`` is a ``.weights.h5`` path (loaded into a float32 ``build_unet(input_hw)``) or a
+    ``source`` is a ``.weights.h5`` path (loaded into a float32 ``arch`` at ``input_hw``) or a
     Keras model. ``input_hw`` defaults to the metadata's and must agree with it. Checks, all
     before anything is written: ``onnx.checker`` (full), the Resize rule, and Keras/ORT parity
     (max abs diff <= ``tol``) on ``parity_inputs`` (N, H, W) or, if None, two seeded random
@@ -577,7 +649,7 @@ def export(
     if input_hw != tuple(metadata.input_hw):
         raise ValueError(f"input_hw {input_hw} != metadata input size {metadata.input_hw}")
     if isinstance(source, (str, os.PathLike)):
-        model = _float32_unet(input_hw, source)
+        model = _float32_model(input_hw, source, arch)
     else:
         model = source
     proto = attach_metadata(keras_to_onnx(model, input_hw, batch=batch), metadata)
@@ -631,6 +703,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m training.export", description=__doc__.split("\n")[0]
     )
     p.add_argument("--weights", type=Path, required=True, help="Keras .weights.h5")
+    p.add_argument("--arch", default="unet", choices=("unet", "mnv2"), help="network (v1: unet)")
     p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     p.add_argument("--version", required=True, help="model version string (metadata)")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold (metadata)")
@@ -676,6 +749,7 @@ def main(argv: list[str] | None = None) -> int:
             batch=args.batch or None,
             parity_inputs=x,
             tol=args.tol,
+            arch=args.arch,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -59,11 +59,16 @@ def build_unet(input_hw: tuple[int | None, int | None] = (560, 576)) -> keras.Mo
 
 
 def conv_flops(model: keras.Model) -> int:
-    """Multiply-adds x 2 of all convolutions for one image (model built with a static size)."""
+    """Multiply-adds x 2 of all (depthwise) convolutions for one image (static-size model)."""
     total = 0
     for layer in model.layers:
-        if isinstance(layer, layers.Conv2D):
+        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
             h, w = layer.output.shape[1:3]
             kh, kw = layer.kernel_size
-            total += 2 * h * w * kh * kw * layer.input.shape[-1] * layer.filters
+            per_out = (
+                kh
+                * kw
+                * (1 if isinstance(layer, layers.DepthwiseConv2D) else layer.input.shape[-1])
+            )
+            total += 2 * h * w * per_out * layer.output.shape[-1]
     return int(total)

@@ -1,13 +1,17 @@
-"""Ship trained weights as ``engines/hemoseg_unet_v1.onnx`` — only when they beat what is there.
+"""Ship trained weights as a model in ``engines/`` — only when they beat the shipped default.
 
-    python -m training.ship --weights ~/.cache/hemoseg-edge/runs/cpu/best.weights.h5
+    python -m training.ship --arch mnv2 --weights ~/.cache/hemoseg-edge/runs/mnv2/best.weights.h5 \\
+        --name hemoseg_mnv2_v2.onnx --version v2
 
 1. export the weights to ONNX (parity vs Keras asserted by ``training.export``);
-2. tune the decision threshold on the validation images at full resolution, through
-   ``Segmenter`` (the deployed path) — never on test images;
-3. compare the validation Dice with the shipped model's (recorded in ``engines/manifest.json``);
-   replace the shipped file only when it is better (``--force`` to override);
-4. write the tuned threshold into the model's metadata and its sha256 into the manifest.
+2. on the validation images at full resolution, through ``Segmenter`` (the deployed path) —
+   never test images: tune the decision threshold (pooled Dice) and the image-level operating
+   point (sensitivity >= 0.95);
+3. compare validation AUPR and Dice with the shipped default's (``engines/manifest.json``);
+   ship only when both are better (``--force`` to override);
+4. write both thresholds into the model's metadata, the model and its Keras weights (weights
+   only, so any machine can resume or fine-tune) into ``engines/``, their sha256 into the
+   manifest.
 """
 
 from __future__ import annotations
@@ -15,23 +19,29 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 ENGINES = Path(__file__).resolve().parents[1] / "engines"
+ARCH_NAMES = {"unet": "unet-skouta2022", "mnv2": "unet-mobilenetv2-imagenet"}
 
 
-def set_threshold(onnx_path: Path, threshold: float) -> None:
+def set_metadata(onnx_path: Path, **values) -> None:
+    """Rewrite ``hemoseg.<key>`` metadata values of an ONNX file in place (atomically)."""
     import onnx
 
     from hemoseg_edge.io import atomic_write_bytes
+    from hemoseg_edge.metadata import PREFIX
 
     model = onnx.load(str(onnx_path))
-    for prop in model.metadata_props:
-        if prop.key == "hemoseg.threshold":
-            prop.value = str(threshold)
+    props = {p.key: p for p in model.metadata_props}
+    for key, value in values.items():
+        if PREFIX + key not in props:
+            raise KeyError(f"{onnx_path}: no metadata key {PREFIX + key}")
+        props[PREFIX + key].value = str(value)
     atomic_write_bytes(onnx_path, model.SerializeToString())
 
 
@@ -49,61 +59,79 @@ def update_manifest(path: Path, entry: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.ship", description=__doc__)
     p.add_argument("--weights", type=Path, required=True)
+    p.add_argument("--arch", default="unet", choices=sorted(ARCH_NAMES))
     p.add_argument("--name", default="hemoseg_unet_v1.onnx")
     p.add_argument("--version", default="v1")
+    p.add_argument("--against", default=None, help="manifest entry to beat (default model)")
     p.add_argument("--run-info", type=Path, default=None, help="run_info.json of the run")
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-    from hemoseg_edge.engines import read_manifest
+    from hemoseg_edge.engines import DEFAULT_MODEL, read_manifest
     from hemoseg_edge.metadata import ModelMetadata
+    from hemoseg_edge.preprocess import DEFAULT_INPUT_HW
     from hemoseg_edge.segmenter import Segmenter
-    from training.data import VAL_IDS, idrid_items
+    from training.data import VAL_IDS, idrid_items, load_cached
     from training.evaluate import tune_threshold
     from training.export import export
+    from training.model_mnv2 import INPUT_HW
 
+    input_hw = INPUT_HW if args.arch == "mnv2" else DEFAULT_INPUT_HW
     run_info = json.loads(args.run_info.read_text()) if args.run_info else {}
     md = ModelMetadata(
+        input_height=input_hw[0],
+        input_width=input_hw[1],
         version=args.version,
         threshold=0.5,
+        architecture=ARCH_NAMES[args.arch],
         training_data=f"IDRiD train 1-54 minus IDRiD_43 and val {','.join(VAL_IDS)}",
         extra={"recipe": run_info.get("recipe", "?"), "weights": args.weights.name},
     )
     with tempfile.TemporaryDirectory() as tmp:
         cand = Path(tmp) / args.name
-        parity_inputs = None
-        try:
-            from training.data import load_cached
-
-            parity_inputs = np.stack([e.x for e in load_cached(idrid_items("val"))[:2]])
-        except (OSError, ValueError):
-            pass
-        rep = export(args.weights, cand, md, (560, 576), parity_inputs=parity_inputs)
+        parity = np.stack([e.x for e in load_cached(idrid_items("val"), input_hw)[:2]])
+        rep = export(args.weights, cand, md, input_hw, parity_inputs=parity, arch=args.arch)
         print(f"exported: parity max abs diff {rep.max_abs_diff:.2e}", flush=True)
         tuned = tune_threshold(
             Segmenter.from_engine(cand, backend="onnxruntime"), idrid_items("val")
         )
         print(f"validation (full resolution): {json.dumps(tuned)}", flush=True)
-        shipped = read_manifest(ENGINES).get("files", {}).get(args.name, {})
-        old = shipped.get("val_dice", -1.0)
-        if tuned["val_dice"] <= old and not args.force:
-            print(f"not shipped: val Dice {tuned['val_dice']:.4f} <= shipped {old:.4f}")
+        against = args.against or (args.name if args.name == DEFAULT_MODEL else DEFAULT_MODEL)
+        shipped = read_manifest(ENGINES).get("files", {}).get(against, {})
+        old_aupr, old_dice = shipped.get("val_aupr", -1.0), shipped.get("val_dice", -1.0)
+        better = tuned["val_aupr"] > old_aupr and tuned["val_dice"] > old_dice
+        if not better and not args.force:
+            print(
+                f"not shipped: val AUPR {tuned['val_aupr']:.4f} / Dice {tuned['val_dice']:.4f} "
+                f"vs {against} {old_aupr:.4f} / {old_dice:.4f}"
+            )
             return 1
-        set_threshold(cand, tuned["threshold"])
+        set_metadata(cand, threshold=tuned["threshold"], image_threshold=tuned["image_threshold"])
         dest = ENGINES / args.name
         dest.write_bytes(cand.read_bytes())
+    weights_dest = dest.with_suffix(".weights.h5")
+    shutil.copyfile(args.weights, weights_dest)
     update_manifest(
         dest,
         {
             "precision": "fp32",
             "version": args.version,
+            "architecture": ARCH_NAMES[args.arch],
             "threshold": tuned["threshold"],
+            "image_threshold": tuned["image_threshold"],
             "val_dice": round(tuned["val_dice"], 4),
             "val_aupr": round(tuned["val_aupr"], 4),
+            "val_image_scores": tuned["image_scores"],
         },
     )
-    print(f"shipped {dest} (val Dice {tuned['val_dice']:.4f} > {old:.4f})")
+    update_manifest(
+        weights_dest, {"kind": "keras weights", "arch": args.arch, "version": args.version}
+    )
+    print(
+        f"shipped {dest} and {weights_dest.name} (val AUPR {tuned['val_aupr']:.4f} > "
+        f"{old_aupr:.4f}, Dice {tuned['val_dice']:.4f} > {old_dice:.4f})"
+    )
     return 0
 
 

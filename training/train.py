@@ -50,17 +50,24 @@ def choose_precision(requested: str, on_gpu: bool) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
-    p.add_argument("--recipe", choices=("cpu", "paper"), default="cpu")
+    p.add_argument("--recipe", choices=("cpu", "paper", "mnv2"), default="cpu")
     p.add_argument("--epochs", type=int, default=None, help="paper: 100; cpu: 200 (early stop)")
     p.add_argument("--steps", type=int, default=100, help="cpu recipe: batches per epoch")
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--patch", type=int, default=256, help="cpu recipe: final patch size")
+    p.add_argument("--patch", type=int, default=None, help="final patch size (cpu 256, mnv2 448)")
     p.add_argument(
         "--patch-schedule",
-        default="128:15,192:30",
-        help="cpu recipe: progressive resizing, 'SIZE:UNTIL_EPOCH,...' then --patch; '' = off",
+        default=None,
+        help="progressive resizing, 'SIZE:UNTIL_EPOCH,...' then --patch; '' = off "
+        "(cpu: 128:15,192:30; mnv2: off)",
     )
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--lesion-fraction",
+        type=float,
+        default=None,
+        help="share of patches centred on a hemorrhage (cpu 0.6, mnv2 0.5)",
+    )
+    p.add_argument("--lr", type=float, default=None, help="cpu 1e-3, mnv2 5e-4")
     p.add_argument("--patience", type=int, default=25, help="epochs without val gain to stop")
     p.add_argument("--limit", type=int, default=None, help="use only the first N train images")
     p.add_argument("--run-dir", type=Path, default=None)
@@ -68,7 +75,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", help="auto|float32|mixed_bfloat16|mixed_float16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    mnv2 = args.recipe == "mnv2"
+    if args.patch is None:
+        args.patch = 448 if mnv2 else 256
+    if args.patch_schedule is None:
+        args.patch_schedule = "" if mnv2 else "128:15,192:30"
+    if args.lesion_fraction is None:
+        args.lesion_fraction = 0.5 if mnv2 else 0.6
+    if args.lr is None:
+        args.lr = 5e-4 if mnv2 else 1e-3
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,10 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     import keras
     import numpy as np
 
+    from hemoseg_edge.metrics import PrHistogram
+    from hemoseg_edge.preprocess import DEFAULT_INPUT_HW
     from training.augment import augment
     from training.data import cache_root, idrid_items, load_cached
     from training.losses import bce_dice_loss, dice_from_probs
     from training.model import build_unet
+    from training.model_mnv2 import INPUT_HW, build_mnv2_unet, encoder_layers, load_imagenet
+    from training.pretrained import mobilenet_v2_state
 
     on_gpu = _gpu_available(keras.backend.backend())
     precision = choose_precision(args.precision, on_gpu)
@@ -90,19 +111,36 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = args.run_dir or cache_root() / "runs" / args.recipe
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    train = load_cached(idrid_items("train"))[: args.limit]
-    val = load_cached(idrid_items("val"))
+    mnv2 = args.recipe == "mnv2"
+    data_hw = INPUT_HW if mnv2 else DEFAULT_INPUT_HW
+    train = load_cached(idrid_items("train"), data_hw)[: args.limit]
+    val = load_cached(idrid_items("val"), data_hw)
     if args.limit:
         val = val[: max(1, min(len(val), args.limit))]
     model_hw = train[0].x.shape
     full = args.recipe == "paper"
-    model = build_unet(model_hw if full else (None, None))
+    build = build_mnv2_unet if mnv2 else build_unet
+    model = build(model_hw if full else (None, None))
+    if mnv2:
+        load_imagenet(model, mobilenet_v2_state())
+        # batches of 4 lesion-biased patches would drag ImageNet's BatchNorm statistics around
+        # (v1's validation swings): the encoder's BN layers stay in inference mode
+        for layer in encoder_layers(model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
     loss = "binary_crossentropy" if full else bce_dice_loss
     optimizer = keras.optimizers.Adam() if full else keras.optimizers.Adam(args.lr)
     model.compile(optimizer=optimizer, loss=loss)
-    val_model = build_unet(model_hw) if not full else model
+    val_model = build(model_hw) if not full else model
 
-    state = {"epoch": 0, "best_dice": -1.0, "best_epoch": -1, "lr": args.lr, "stall": 0}
+    state = {
+        "epoch": 0,
+        "best_aupr": -1.0,
+        "best_dice": -1.0,
+        "best_epoch": -1,
+        "lr": args.lr,
+        "stall": 0,
+    }
     rng = np.random.default_rng(args.seed)
     if args.resume and (run_dir / "last.weights.h5").exists():
         state = _load_checkpoint(run_dir, model, optimizer)
@@ -145,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
                 idx = order[step * args.batch : (step + 1) * args.batch]
                 pairs = [augment(train[i].x, train[i].y, rng, allow_transpose=False) for i in idx]
             else:
-                pairs = [_sample_patch(train, patch, rng) for _ in range(args.batch)]
+                pairs = [
+                    _sample_patch(train, patch, rng, args.lesion_fraction)
+                    for _ in range(args.batch)
+                ]
                 pairs = [augment(x, y, rng) for x, y in pairs]
             xb = np.stack([p[0] for p in pairs])[..., None]
             yb = np.stack([p[1] for p in pairs])[..., None]
@@ -163,10 +204,22 @@ def main(argv: list[str] | None = None) -> int:
             ]
             for e in val
         ]
-        dice05, best_dice, best_thr = dice_from_probs(probs, [e.y >= 0.5 for e in val])
-        improved = best_dice > state["best_dice"]
+        truths = [e.y >= 0.5 for e in val]
+        dice05, best_dice, best_thr = dice_from_probs(probs, truths)
+        hist = PrHistogram(1000)
+        for p_, t_ in zip(probs, truths, strict=True):
+            hist.add(p_, t_)
+        aupr = hist.aupr()
+        # the model is chosen on validation AUPR (the issue's target); Dice is logged beside it
+        improved = aupr > state.get("best_aupr", -1.0)
         if improved:
-            state.update(best_dice=best_dice, best_epoch=epoch + 1, stall=0, best_thr=best_thr)
+            state.update(
+                best_aupr=aupr,
+                best_dice=best_dice,
+                best_epoch=epoch + 1,
+                stall=0,
+                best_thr=best_thr,
+            )
             model.save_weights(run_dir / "best.weights.h5")
         else:
             state["stall"] += 1
@@ -178,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "loss": round(float(np.mean(losses)), 5),
             "val_dice@0.5": round(dice05, 4),
             "val_dice_best": round(best_dice, 4),
+            "val_aupr": round(aupr, 4),
             "val_thr": best_thr,
             "lr": state["lr"],
             "seconds": round(train_time, 1),
@@ -191,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         if not full and state["stall"] >= args.patience:
             print(f"early stop: no val gain for {args.patience} epochs", flush=True)
             break
-    print(f"best val Dice {state['best_dice']:.4f} at epoch {state['best_epoch']}", flush=True)
+    print(
+        f"best val AUPR {state['best_aupr']:.4f} (Dice {state['best_dice']:.4f}) "
+        f"at epoch {state['best_epoch']}",
+        flush=True,
+    )
     return 0
 
 
@@ -237,13 +295,14 @@ def _patch_for(epoch: int, schedule: list[tuple[int, int]], final: int) -> int:
     return final
 
 
-def _sample_patch(train, size, rng):
-    """A random patch; 60 % of the time centred (with jitter) on a hemorrhage pixel."""
+def _sample_patch(train, size, rng, lesion_fraction=0.6):
+    """A random patch; ``lesion_fraction`` of the time centred (with jitter) on a hemorrhage
+    pixel, otherwise anywhere mostly inside the field of view (fovea, disc, vessel crossings)."""
     import numpy as np
 
     ex = train[int(rng.integers(len(train)))]
     h, w = ex.x.shape
-    if rng.random() < 0.6:
+    if rng.random() < lesion_fraction:
         ys, xs = np.nonzero(ex.y >= 0.5)
         if ys.size:
             k = int(rng.integers(ys.size))
