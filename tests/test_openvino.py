@@ -300,3 +300,46 @@ def test_shipped_openvino_int8_keeps_dice():
         scores[name] = dice(total)
     assert scores["fp32"] > 0.3, scores  # the model finds hemorrhages at all
     assert abs(scores["int8"] - scores["fp32"]) <= 0.01, scores
+
+
+FIRST_INFERENCE_RACE = """
+import sys, threading
+import numpy as np
+sys.path.insert(0, {tests!r})
+from conftest import make_tiny_onnx
+from hemoseg_edge.backends.openvino import OpenVinoBackend
+be = OpenVinoBackend(make_tiny_onnx(hw=(64, 64)), throughput=True)
+x = np.zeros((1, 1, 64, 64), np.float32)
+start = threading.Barrier(4)
+def first_inference():
+    start.wait()
+    be.run(x)
+threads = [threading.Thread(target=first_inference) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("done")
+"""
+
+
+@pytest.mark.slow
+def test_first_inferences_from_several_threads_do_not_deadlock(tmp_path):
+    """Four threads making a fresh backend's first numpy conversions at once deadlocked in
+    pybind11's lazy numpy-API initialisation (8 of 15 fresh processes hung without the
+    warm-up in the constructor, 0 of 15 with it). Each try is a fresh process: the race is only
+    on the first conversion."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "race.py"
+    script.write_text(FIRST_INFERENCE_RACE.format(tests=str(Path(__file__).parent)))
+    for attempt in range(6):
+        try:
+            p = subprocess.run(
+                [sys.executable, str(script)], capture_output=True, text=True, timeout=60
+            )
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"attempt {attempt + 1}: first inferences deadlocked (60 s)")
+        assert p.returncode == 0 and "done" in p.stdout, p.stderr[-1500:]

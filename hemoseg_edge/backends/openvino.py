@@ -95,6 +95,19 @@ def _precision_name(compiled) -> str:
     return f"int8+{name}" if conv & {"u8", "i8"} else name
 
 
+def _init_numpy_bindings(ov) -> None:
+    """Make OpenVINO's bindings initialise their numpy API on this thread, now.
+
+    pybind11 initialises it lazily, in a ``std::call_once`` that waits for the GIL; when two
+    inference threads make the first numpy conversion at once, one holds the GIL and waits for
+    the guard while the other holds the guard and waits for the GIL: ``segment`` with several
+    images hung for ever (seen 1 in 12 runs with two throughput streams, py-spy native dump).
+    One conversion each way here, before any worker thread exists, takes the race away.
+    """
+    tensor = ov.Tensor(np.zeros((1,), np.float32))
+    _ = tensor.data
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
 
@@ -144,6 +157,7 @@ class OpenVinoBackend(Backend):
         self._requests: queue.Queue = queue.Queue()
         for _ in range(self.concurrency):
             self._requests.put(self._compiled.create_infer_request())
+        _init_numpy_bindings(ov)
 
     @staticmethod
     def _check_io(ov_model, source: str) -> InputSpec:
