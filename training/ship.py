@@ -7,8 +7,8 @@
 2. on the validation images at full resolution, through ``Segmenter`` (the deployed path) —
    never test images: tune the decision threshold (pooled Dice) and the image-level operating
    point (sensitivity >= 0.95);
-3. compare validation AUPR and Dice with the shipped default's (``engines/manifest.json``);
-   ship only when both are better (``--force`` to override);
+3. compare validation AUPR and Dice with every shipped model's (``engines/manifest.json``);
+   ship only when both are better than the best of them (``--force`` to override);
 4. write both thresholds into the model's metadata, the model and its Keras weights (weights
    only, so any machine can resume or fine-tune) into ``engines/``, their sha256 into the
    manifest.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -45,6 +44,17 @@ def set_metadata(onnx_path: Path, **values) -> None:
     atomic_write_bytes(onnx_path, model.SerializeToString())
 
 
+def save_weights_only(arch: str, input_hw, src: Path, dst: Path) -> None:
+    """The layers' weights of a training checkpoint, without the optimizer state that Keras
+    stores beside them for a compiled model (a third of the size), written atomically."""
+    from training.export import _float32_model
+
+    model = _float32_model(input_hw, src, arch)
+    tmp = dst.with_name(dst.name + ".tmp.weights.h5")
+    model.save_weights(tmp)
+    os.replace(tmp, dst)
+
+
 def update_manifest(path: Path, entry: dict) -> None:
     from hemoseg_edge.engines import MANIFEST, read_manifest, sha256_bytes
     from hemoseg_edge.io import atomic_write_bytes
@@ -62,13 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arch", default="unet", choices=sorted(ARCH_NAMES))
     p.add_argument("--name", default="hemoseg_unet_v1.onnx")
     p.add_argument("--version", default="v1")
-    p.add_argument("--against", default=None, help="manifest entry to beat (default model)")
+    p.add_argument(
+        "--against", default=None, help="manifest entry to beat (default: every shipped model)"
+    )
     p.add_argument("--run-info", type=Path, default=None, help="run_info.json of the run")
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-    from hemoseg_edge.engines import DEFAULT_MODEL, read_manifest
+    from hemoseg_edge.engines import read_manifest
     from hemoseg_edge.metadata import ModelMetadata
     from hemoseg_edge.preprocess import DEFAULT_INPUT_HW
     from hemoseg_edge.segmenter import Segmenter
@@ -97,21 +109,24 @@ def main(argv: list[str] | None = None) -> int:
             Segmenter.from_engine(cand, backend="onnxruntime"), idrid_items("val")
         )
         print(f"validation (full resolution): {json.dumps(tuned)}", flush=True)
-        against = args.against or (args.name if args.name == DEFAULT_MODEL else DEFAULT_MODEL)
-        shipped = read_manifest(ENGINES).get("files", {}).get(against, {})
-        old_aupr, old_dice = shipped.get("val_aupr", -1.0), shipped.get("val_dice", -1.0)
+        files = read_manifest(ENGINES).get("files", {})
+        shipped = {k: v for k, v in files.items() if "val_aupr" in v and "val_dice" in v}
+        if args.against:
+            shipped = {k: v for k, v in shipped.items() if k == args.against}
+        old_aupr = max((v["val_aupr"] for v in shipped.values()), default=-1.0)
+        old_dice = max((v["val_dice"] for v in shipped.values()), default=-1.0)
         better = tuned["val_aupr"] > old_aupr and tuned["val_dice"] > old_dice
         if not better and not args.force:
             print(
                 f"not shipped: val AUPR {tuned['val_aupr']:.4f} / Dice {tuned['val_dice']:.4f} "
-                f"vs {against} {old_aupr:.4f} / {old_dice:.4f}"
+                f"vs the best shipped ({', '.join(shipped)}) {old_aupr:.4f} / {old_dice:.4f}"
             )
             return 1
         set_metadata(cand, threshold=tuned["threshold"], image_threshold=tuned["image_threshold"])
         dest = ENGINES / args.name
         dest.write_bytes(cand.read_bytes())
     weights_dest = dest.with_suffix(".weights.h5")
-    shutil.copyfile(args.weights, weights_dest)
+    save_weights_only(args.arch, input_hw, args.weights, weights_dest)
     update_manifest(
         dest,
         {
