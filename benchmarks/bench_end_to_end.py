@@ -27,10 +27,11 @@ import time
 import numpy as np
 import pytest
 from bench_inference import runner
-from benchlib import default_segmenter, forget_caches, n_images, rounds
+from benchlib import cpu_flags, default_segmenter, forget_caches, n_images, rounds
 
+from hemoseg_edge.engines import PREVIOUS_INT8_MODEL, PREVIOUS_MODEL
 from hemoseg_edge.errors import HemosegError
-from hemoseg_edge.segmenter import Segmenter
+from hemoseg_edge.segmenter import INT8_CPU_FLAGS, Segmenter
 
 GROUP = "end-to-end"
 
@@ -319,4 +320,46 @@ def bench_cpu_budget(benchmark, batch_seg, paths, models):
         providers=",".join(seg.backend.providers),
         model=seg.source.rsplit("/", 1)[-1],
         real_model=models.real,
+    )
+
+
+@pytest.fixture(scope="module")
+def previous_seg(models, images) -> Segmenter:
+    """The previous shipped model (v1) on the path ``default_model`` would pick for it."""
+    if not models.real:
+        pytest.skip("the shipped models are not in the models folder (tiny fallback)")
+    int8 = models.dir / PREVIOUS_INT8_MODEL
+    fp32 = models.dir / PREVIOUS_MODEL
+    use_int8 = int8.is_file() and bool(INT8_CPU_FLAGS & cpu_flags())
+    path = int8 if use_int8 else fp32
+    if not path.is_file():
+        pytest.skip(f"{path.name} not in {models.dir}")
+    s = Segmenter.from_engine(path, backend="auto", throughput=True)
+    list(s.segment_batch(images[:2]))
+    return s
+
+
+def bench_batch_vs_previous_model(benchmark, batch_seg, previous_seg, paths, models):
+    """The default model's batch path, each timed round preceded (untimed setup) by the same
+    images through the previous model (v1) on its default path: their time ratio per round,
+    side by side on the same host and minute."""
+    benchmark.group = GROUP
+    previous: list[float] = []
+
+    def setup():
+        forget_caches()
+        t = time.perf_counter()
+        _batch_run(previous_seg, paths)()
+        previous.append(time.perf_counter() - t)
+        forget_caches()
+
+    benchmark.pedantic(_batch_run(batch_seg, paths), setup=setup, rounds=rounds(6, 1))
+    _record(benchmark, batch_seg, paths, "batch-vs-previous", models)
+    times = benchmark.stats.stats.data
+    ratios = [a / b for a, b in zip(times, previous, strict=True)]
+    benchmark.extra_info.update(
+        previous_model=previous_seg.source.rsplit("/", 1)[-1],
+        previous_images_per_s=round(len(paths) / statistics.median(previous), 3),
+        time_ratio_vs_previous=[round(r, 3) for r in ratios],
+        time_ratio_vs_previous_median=round(statistics.median(ratios), 3),
     )

@@ -2,7 +2,8 @@
 
 Environment:
   HEMOSEG_BENCH_QUICK=1     few images and rounds (CI); default: full mode
-  HEMOSEG_BENCH_MODELS=DIR  where hemoseg_unet_v1{,_fp16,_int8}.onnx live (default: engines/)
+  HEMOSEG_BENCH_MODELS=DIR  where the shipped default model's FP32/FP16/INT8 files live
+                            (hemoseg_edge.engines names them; default: engines/)
   HEMOSEG_DATA=DIR          shared datasets (default: ../shared/data)
   HEMOSEG_BENCH_NOTE=TEXT   free text stored in the JSON (e.g. "background jobs paused")
 """
@@ -16,11 +17,30 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hemoseg_edge.engines import DEFAULT_MODEL, FP16_MODEL, INT8_MODEL
+
 REPO = Path(__file__).resolve().parents[1]
 QUICK = os.environ.get("HEMOSEG_BENCH_QUICK", "").lower() in ("1", "true", "yes", "on")
 MODELS_DIR = Path(os.environ.get("HEMOSEG_BENCH_MODELS") or REPO / "engines")
-FP32, FP16, INT8 = "hemoseg_unet_v1.onnx", "hemoseg_unet_v1_fp16.onnx", "hemoseg_unet_v1_int8.onnx"
-HW = (560, 576)
+FP32, FP16, INT8 = DEFAULT_MODEL, FP16_MODEL, INT8_MODEL
+
+
+def _model_hw() -> tuple[int, int]:
+    """The shipped default model's input size (from its metadata), else v1's."""
+    from hemoseg_edge.preprocess import DEFAULT_INPUT_HW
+
+    try:
+        import onnx
+
+        from hemoseg_edge.metadata import ModelMetadata
+
+        proto = onnx.load(str(MODELS_DIR / FP32), load_external_data=False)
+        return ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}).input_hw
+    except Exception:  # noqa: BLE001 - no model here: the fallback's size
+        return DEFAULT_INPUT_HW
+
+
+HW = _model_hw()
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 

@@ -20,7 +20,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-GFLOP_PER_FRAME = 241.0  # the U-Net at 560x576 (multiply-adds x 2)
+# model v2 at 1120x1152 (training.model.conv_flops: multiply-adds x 2); v1 was 241.0
+GFLOP_PER_FRAME = 59.2
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
 GROUP_ORDER = (
     "preprocess-cpu",
@@ -281,6 +282,26 @@ def summary_section(groups: dict[str, list[dict]]) -> list[str]:
         ]
     head = ["default CPU path", "runs as", "images/s", "paired inference images/s"]
     lines += _table(head + ["paired ratio", "/ best of inference group"], rows)
+    vs = e2e.get("batch-vs-previous")
+    if vs is not None:
+        ei = vs["extra_info"]
+        lines += [
+            "Side by side with the previous model: each timed batch round of the default model"
+            f" followed the same {ei['images_per_round']} images through `{ei['previous_model']}`"
+            " on its own default path, in the same run (untimed setup).",
+            "",
+            *_table(
+                ["model", "images/s (median round)", "time / previous model's (median)"],
+                [
+                    [
+                        ei["model"],
+                        f"{ei['images_per_s']:.2f}",
+                        f"**{ei['time_ratio_vs_previous_median']:.3f}**",
+                    ],
+                    [ei["previous_model"], f"{ei['previous_images_per_s']:.2f}", "1"],
+                ],
+            ),
+        ]
     budget = next(iter(groups.get("cpu-budget", [])), None)
     if budget is not None:
         ei = budget["extra_info"]
@@ -323,10 +344,10 @@ def jetson_section(gflop: float) -> list[str]:
         "## On Jetson (computed, not measured)",
         "",
         f"**Computed, not measured.** Compute-only floor for {gflop:g} GFLOP per frame "
-        "(the U-Net at 560x576): time = GFLOP / dense TOPS at 100% utilisation. TOPS: NVIDIA's "
+        "(the default model): time = GFLOP / dense TOPS at 100% utilisation. TOPS: NVIDIA's "
         'advertised module figures (INT8 with 2:4 sparsity, GPU and DLAs together; "Super" = '
         "JetPack 6.2 clocks); dense INT8 = half of that, dense FP16 = a quarter. The GPU alone "
-        "has fewer TOPS, the dense U-Net gets no sparsity gain, and memory bandwidth "
+        "has fewer TOPS, the dense network gets no sparsity gain, and memory bandwidth "
         "(68-205 GB/s) limits the full-resolution layers, so real latencies are several times "
         "these floors; preprocessing and postprocessing are extra.",
         "",
@@ -352,7 +373,7 @@ def plot(groups: dict[str, list[dict]], path: Path) -> bool:
     for y, (m, hi) in enumerate(zip(med, q3, strict=True)):
         ax.text(m + hi, y, f"  {m:,.0f} ms", va="center")
     ax.invert_yaxis()
-    ax.set_xlabel("time per 560x576 frame, median (ms); whiskers: IQR")
+    ax.set_xlabel("time per model frame, median (ms); whiskers: IQR")
     ax.set_title("Inference time per frame by backend, precision and tuning")
     ax.set_xlim(0, max(m + hi for m, hi in zip(med, q3, strict=True)) * 1.3)
     fig.tight_layout()
@@ -372,7 +393,7 @@ def mermaid_chart(groups: dict) -> list[str]:
     return [
         "```mermaid",
         "xychart-beta",
-        '    title "Inference time per 560x576 frame, median (ms)"',
+        '    title "Inference time per model frame, median (ms)"',
         f"    x-axis [{names}]",
         '    y-axis "ms"',
         f"    bar [{med}]",

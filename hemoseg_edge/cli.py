@@ -320,6 +320,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
             calib=args.calib or (),
             calib_count=args.calib_count,
             method=args.method,
+            keep_float=args.keep_float or (),
         )
     except HemosegError as e:
         _err(f"error: {e}")
@@ -412,6 +413,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="ort",
         choices=("ort", "modelopt", "nncf"),
         help="int8 quantizer: ONNX Runtime (default), NVIDIA ModelOpt, or OpenVINO NNCF",
+    )
+    q.add_argument(
+        "--keep-float",
+        nargs="+",
+        default=None,
+        metavar="CONV",
+        help="int8 (ort): Conv node names to leave in float (e.g. head)",
     )
     q.set_defaults(func=cmd_quantize)
     be = sub.add_parser("build-engine", help="build a TensorRT engine file (on the target GPU)")

@@ -14,10 +14,17 @@ from pathlib import Path
 
 from .errors import ModelError
 
-DEFAULT_MODEL = "hemoseg_unet_v1.onnx"
+# Model v2 (MobileNetV2-encoder U-Net at 1120x1152, engines/MODEL_CARD.md); shipped as the
+# default because it beat v1 on validation
+DEFAULT_MODEL = "hemoseg_mnv2_v2.onnx"
+FP16_MODEL = "hemoseg_mnv2_v2_fp16.onnx"
 # The INT8 Q/DQ variant: TensorRT's input, and the default where OpenVINO runs int8 natively
 # (see Segmenter.default_model; benchmarks/compare_int8.py for why not NNCF's)
-INT8_MODEL = "hemoseg_unet_v1_int8.onnx"
+INT8_MODEL = "hemoseg_mnv2_v2_int8.onnx"
+# v1, the paper's U-Net (the reproduction): still shipped, chosen with --model
+PREVIOUS_MODEL = "hemoseg_unet_v1.onnx"
+PREVIOUS_FP16_MODEL = "hemoseg_unet_v1_fp16.onnx"
+PREVIOUS_INT8_MODEL = "hemoseg_unet_v1_int8.onnx"
 MANIFEST = "manifest.json"
 
 

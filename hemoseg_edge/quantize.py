@@ -58,6 +58,7 @@ FP16_OPS = frozenset(
         "Add",
         "Mul",
         "Identity",
+        "Clip",  # ReLU6: its min/max initializers become float16 with the data
     }
 )
 FP16_MAX = 65504.0
@@ -255,7 +256,9 @@ def _quiet_ort_advice() -> Iterator[None]:
         root.removeFilter(f)
 
 
-def _quantize_ort(src: Path, dst: Path, input_name: str, calib: np.ndarray) -> None:
+def _quantize_ort(
+    src: Path, dst: Path, input_name: str, calib: np.ndarray, keep_float: Sequence[str] = ()
+) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -283,6 +286,7 @@ def _quantize_ort(src: Path, dst: Path, input_name: str, calib: np.ndarray) -> N
             activation_type=QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=list(keep_float),
             extra_options={
                 "ActivationSymmetric": True,
                 "WeightSymmetric": True,
@@ -346,8 +350,10 @@ def to_int8(
     method: str = "ort",
     calib_info: dict | None = None,
     source: str = "model",
+    keep_float: Sequence[str] = (),
 ) -> onnx.ModelProto:
-    """Explicit INT8 Q/DQ (see the module docstring); ``calib`` is (N, 1, H, W) float32."""
+    """Explicit INT8 Q/DQ (see the module docstring); ``calib`` is (N, 1, H, W) float32.
+    ``keep_float``: Conv node names the ORT quantizer leaves in float (chosen on validation)."""
     if method not in METHODS:
         raise QuantizeError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     md = _require_fp32(model, source)
@@ -358,11 +364,22 @@ def to_int8(
     with tempfile.TemporaryDirectory(prefix="hemoseg-quant-") as tmp:
         src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
         onnx.save(model, src)
-        _QUANTIZERS[method](src, dst, input_name, calib)
+        if keep_float:
+            if method != "ort":
+                raise QuantizeError("keep_float works with the ORT quantizer only")
+            names = {n.name for n in model.graph.node if n.op_type == "Conv"}
+            unknown = sorted(set(keep_float) - names)
+            if unknown:
+                raise QuantizeError(f"{source}: no Conv node(s) named {', '.join(unknown)}")
+            _quantize_ort(src, dst, input_name, calib, keep_float)
+        else:
+            _QUANTIZERS[method](src, dst, input_name, calib)
         out = onnx.load(dst)
     info = {"method": _METHOD_NAMES[method], "images": int(len(calib)), **(calib_info or {})}
+    if keep_float:
+        info["float_nodes"] = list(keep_float)
     try:
-        counts = check_trt_qdq_rules(out, allow_float_convs=method != "ort")
+        counts = check_trt_qdq_rules(out, allow_float_convs=method != "ort" or bool(keep_float))
     except QdqRuleError as e:
         if method != "nncf":
             raise
@@ -512,6 +529,7 @@ def quantize_file(
     calib: Sequence[str | os.PathLike] = (),
     calib_count: int = DEFAULT_CALIB_COUNT,
     method: str = "ort",
+    keep_float: Sequence[str] = (),
 ) -> QuantizeReport:
     """Read an FP32 hemoseg ONNX file, convert it, check it, write it atomically."""
     from .io import atomic_write_bytes
@@ -533,7 +551,9 @@ def quantize_file(
         paths = calibration_images(calib, calib_count)
         batch = calibration_batch(paths, md.input_hw)
         info = {"files": [p.name for p in paths]}
-        result = to_int8(model, batch, method=method, calib_info=info, source=str(src))
+        result = to_int8(
+            model, batch, method=method, calib_info=info, source=str(src), keep_float=keep_float
+        )
         info = model_metadata(result).extra["calibration"]
     blob = result.SerializeToString()
     atomic_write_bytes(out, blob)

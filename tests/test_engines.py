@@ -486,17 +486,22 @@ def test_tensorrt_engine_builds_and_matches_ort(unet_fp32, unet_fp16, unet_int8,
 # accuracy parity of the shipped models (the lead ships them into engines/)
 # --------------------------------------------------------------------------------------------
 
-SHIPPED = {
-    k: ENGINES / f"hemoseg_unet_v1{s}.onnx"
-    for k, s in (("fp32", ""), ("fp16", "_fp16"), ("int8", "_int8"))
+SHIPPED_FAMILIES = {
+    family: {
+        k: ENGINES / f"{family}{s}.onnx"
+        for k, s in (("fp32", ""), ("fp16", "_fp16"), ("int8", "_int8"))
+    }
+    for family in ("hemoseg_mnv2_v2", "hemoseg_unet_v1")
 }
 MAX_DICE_DROP = {"fp16": 0.005, "int8": 0.01}
 
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_shipped_quantized_models_keep_dice():
-    missing = [p.name for p in SHIPPED.values() if not p.is_file()]
+@pytest.mark.parametrize("family", sorted(SHIPPED_FAMILIES))
+def test_shipped_quantized_models_keep_dice(family):
+    shipped = SHIPPED_FAMILIES[family]
+    missing = [p.name for p in shipped.values() if not p.is_file()]
     if missing:
         pytest.skip(f"shipped models not in engines/ yet: {', '.join(missing)}")
     masks = data_root() / "idrid" / "masks" / "HE" / "test"
@@ -507,8 +512,23 @@ def test_shipped_quantized_models_keep_dice():
 
     items = idrid_items("test", data_root())[:3]
     assert len(items) == 3
-    report = evaluate(SHIPPED, items)
+    report = evaluate(shipped, items)
     models = report["models"]
     for k, drop in MAX_DICE_DROP.items():
         assert models[k]["precision"] == k
         assert abs(models[k]["dice"] - models["fp32"]["dice"]) <= drop, json.dumps(models)
+
+
+def test_int8_keep_float_leaves_the_named_conv_in_float():
+    md = ModelMetadata(input_height=HW[0], input_width=HW[1], version="tiny")
+    model = onnx.load_from_string(make_tiny_onnx(HW, md))
+    model.graph.node[0].name = "only_conv"
+    x = np.random.default_rng(1).random((3, 1, *HW), dtype=np.float32)
+    q = quantize.to_int8(model, x, keep_float=["only_conv"])
+    assert not any(n.op_type == "DequantizeLinear" for n in q.graph.node)
+    assert quantize.model_metadata(q).extra["calibration"]["float_nodes"] == ["only_conv"]
+    assert check_trt_qdq_rules(q, allow_float_convs=True)["float_conv"] == 1
+    full = quantize.to_int8(model, x)
+    assert any(n.op_type == "DequantizeLinear" for n in full.graph.node)
+    with pytest.raises(QuantizeError, match="no Conv node"):
+        quantize.to_int8(model, x, keep_float=["nope"])

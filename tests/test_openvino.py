@@ -11,6 +11,7 @@ from conftest import make_tiny_onnx
 
 from hemoseg_edge.backends import auto_choice, load_backend
 from hemoseg_edge.backends.onnxruntime import OnnxRuntimeBackend
+from hemoseg_edge.engines import DEFAULT_MODEL, INT8_MODEL
 from hemoseg_edge.errors import ModelError
 from hemoseg_edge.metadata import ModelMetadata
 from hemoseg_edge.segmenter import Segmenter
@@ -219,10 +220,10 @@ def test_segment_batch_with_streams_equals_segment(tiny_model, sample_image, tmp
 @pytest.mark.parametrize(
     ("backend", "flags", "want"),
     [
-        ("auto", {"avx2", "amx_int8"}, "hemoseg_unet_v1_int8.onnx" if X86 else None),
-        ("openvino", {"avx512_vnni"}, "hemoseg_unet_v1_int8.onnx"),
-        ("auto", {"avx2", "fma"}, "hemoseg_unet_v1.onnx"),  # no int8 dot products
-        ("onnxruntime", {"amx_int8"}, "hemoseg_unet_v1.onnx"),  # ORT runs Q/DQ slower
+        ("auto", {"avx2", "amx_int8"}, INT8_MODEL if X86 else None),
+        ("openvino", {"avx512_vnni"}, INT8_MODEL),
+        ("auto", {"avx2", "fma"}, DEFAULT_MODEL),  # no int8 dot products
+        ("onnxruntime", {"amx_int8"}, DEFAULT_MODEL),  # ORT runs Q/DQ slower
     ],
 )
 def test_default_model_variant_follows_backend_and_cpu(monkeypatch, backend, flags, want):
@@ -232,7 +233,7 @@ def test_default_model_variant_follows_backend_and_cpu(monkeypatch, backend, fla
 
     monkeypatch.setattr(segmod, "cpu_flags", lambda: frozenset(flags))
     seg = Segmenter.from_engine(None, backend=backend)
-    assert os.path.basename(seg.source) == (want or "hemoseg_unet_v1.onnx")
+    assert os.path.basename(seg.source) == (want or DEFAULT_MODEL)
     assert seg.metadata.precision == ("int8" if "int8" in seg.source else "fp32")
 
 
@@ -279,7 +280,7 @@ def test_shipped_openvino_int8_keeps_dice():
     from conftest import data_root, idrid_images, require_data
     from PIL import Image
 
-    from hemoseg_edge.engines import INT8_MODEL, default_model_path
+    from hemoseg_edge.engines import default_model_path
     from hemoseg_edge.metrics import Counts, confusion, dice
 
     require_data()

@@ -1,12 +1,14 @@
 """Honest evaluation through the deployed path (``Segmenter`` on the ONNX model), one command:
 
-    python -m training.evaluate --model engines/hemoseg_unet_v1.onnx --out engines/eval_v1.json
+    python -m training.evaluate --model engines/hemoseg_mnv2_v2.onnx --out engines/eval_v2.json
 
 - ``tune``: the decision threshold that maximises pooled Dice on the validation images
   (IDRiD train carve-out, full resolution). Never test images.
 - IDRiD official test (27 images), full resolution (masks back-mapped to 4288x2848): pooled
   accuracy, precision, Dice, IoU, sensitivity, specificity, AUPR (from a probability histogram),
-  per-image Dice; the same at model resolution (560x576).
+  per-image Dice, AUPR also as the M2MRF code computes it (11-threshold trapezoid), lesion-level
+  hits and false-positive lesions per image, the image-level score and verdict; the same at
+  model resolution.
 - DIARETDB1 (14 images here, all with hemorrhage at confidence >= 0.75): image-level detection
   and lesion-level hits (a ground-truth region is hit when any predicted pixel falls in it).
 - The paper's way (leaky): Dice on augmented copies of *training* images, next to the honest
@@ -25,6 +27,7 @@ import cv2
 import numpy as np
 
 from hemoseg_edge import metrics as M
+from hemoseg_edge.engines import DEFAULT_MODEL
 from hemoseg_edge.preprocess import preprocess_mask
 from hemoseg_edge.segmenter import Segmenter
 from training.data import ddb1_items, idrid_items, load_cached, read_mask
@@ -179,7 +182,7 @@ def _rounded(d: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__)
-    p.add_argument("--model", default="engines/hemoseg_unet_v1.onnx")
+    p.add_argument("--model", default=f"engines/{DEFAULT_MODEL}")
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--out", type=Path, default=None, help="write the JSON here")
     p.add_argument("--tune-only", action="store_true", help="only tune the threshold on val")
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "model": args.model,
         "model_version": seg.metadata.version,
+        "architecture": seg.metadata.architecture,
         "precision": seg.metadata.precision,
         "backend": seg.backend.name,
         "threshold_source": "--threshold" if args.threshold is not None else "model metadata",

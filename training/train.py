@@ -1,18 +1,23 @@
-"""Train the U-Net: ``python -m training.train --recipe cpu|paper [--resume]``.
+"""Train a model: ``python -m training.train --recipe cpu|paper|mnv2 [--resume]``.
 
 Recipes:
 - ``paper``: the paper's recipe. Adam (defaults), binary cross-entropy, batch 4, 100 epochs,
   full 560x576 images with the paper's augmentation; mixed float16 on a GPU.
-- ``cpu``: what a 2-core CPU can afford. Random patches growing 128 -> 192 -> 256 px
-  (progressive resizing; each epoch sees about the same number of pixels), 60 % of them centred on a
-  hemorrhage pixel; lesion-weighted BCE + soft Dice (hemorrhage is ~1 % of pixels); Adam 1e-3
-  halved when validation Dice stalls; early stopping on validation Dice. bf16 mixed precision
-  where the CPU has AMX/AVX512-BF16 (fast there), float32 otherwise (bf16 is emulated and slow
-  on AVX2).
+- ``cpu``: the paper's U-Net on what a 2-core CPU can afford. Random patches growing 128 -> 192
+  -> 256 px (progressive resizing; each epoch sees about the same number of pixels), 60 % of them
+  centred on a hemorrhage pixel; lesion-weighted BCE + soft Dice (hemorrhage is ~1 % of
+  pixels); Adam 1e-3 halved when validation stalls (``--lr-patience``).
+- ``mnv2``: model v2 (``training.model_mnv2``), ImageNet MobileNetV2 encoder with its BatchNorm
+  frozen, 1120x1152 inputs, 448 px patches, half on a hemorrhage; Adam 5e-4. Its second phase
+  (``--init`` phase-1 best weights ``--freeze-bn --lr 2.5e-4``) freezes every BatchNorm.
 
-An "epoch" of the cpu recipe is ``--steps`` batches. After each epoch: validation on the 8
+Patch recipes re-estimate the trainable BatchNorm statistics on whole training images before
+each validation (``recalibrate_batchnorm``). bf16 mixed precision where the CPU has
+AMX/AVX512-BF16 (fast there), float32 otherwise (bf16 is emulated and slow on AVX2).
+
+An "epoch" of a patch recipe is ``--steps`` batches. After each epoch: validation on the 8
 VAL_IDS images at full model resolution, a checkpoint (weights + optimizer state + RNG) in the
-run folder, ``best.weights.h5`` when validation Dice improves, a CSV log and a PNG of the curves.
+run folder, ``best.weights.h5`` when validation AUPR improves, a CSV log and a PNG of the curves.
 ``--resume`` continues from the run folder's checkpoint. Runs live outside git
 (``$HEMOSEG_CACHE/runs/<recipe>``).
 """
@@ -76,6 +81,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "before each validation (0 = keep the moving averages)",
     )
     p.add_argument("--patience", type=int, default=25, help="epochs without val gain to stop")
+    p.add_argument(
+        "--lr-patience", type=int, default=8, help="epochs without val gain to halve the LR"
+    )
     p.add_argument("--limit", type=int, default=None, help="use only the first N train images")
     p.add_argument("--run-dir", type=Path, default=None)
     p.add_argument("--resume", action="store_true")
@@ -252,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             model.save_weights(run_dir / "best.weights.h5")
         else:
             state["stall"] += 1
-            if not full and state["stall"] % 8 == 0:
+            if not full and state["stall"] % args.lr_patience == 0:
                 state["lr"] = max(state["lr"] * 0.5, 1e-5)
         state["epoch"] = epoch + 1
         row = {
