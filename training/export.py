@@ -117,18 +117,17 @@ def _activation_op(layer) -> str | None:
     raise _unsupported(layer, f"activation {getattr(act, '__name__', act)!r}")
 
 
-def _conv2d(g: _Graph, layer, ins: list[str], shapes: list[tuple], out: str) -> tuple:
-    _channels_last(layer)
-    (x,), (n, c, h, w) = ins, shapes[0]
+def _conv_node(
+    g: _Graph, layer, x: str, onnx_kernel: np.ndarray, shape: tuple, groups: int, out: str
+) -> tuple:
+    """One ``Conv`` (+ its activation) for a Keras conv layer; ``onnx_kernel`` is OIHW.
+    Returns the NCHW output shape."""
+    n, _c, h, w = shape
     kh, kw = _pair(layer.kernel_size)
     sh, sw = _pair(layer.strides)
     dh, dw = _pair(layer.dilation_rate)
-    groups = int(getattr(layer, "groups", 1))
     pads, (ho, wo) = _pads(layer, (h, w), (kh, kw), (sh, sw), (dh, dw))
-    kernel = _f32(layer.kernel)  # (kh, kw, cin / groups, cout)
-    if kernel.shape[2] * groups != c:
-        raise ValueError(f"layer {layer.name!r}: kernel {kernel.shape} does not fit {c} channels")
-    inputs = [x, g.add_initializer(f"{layer.name}/kernel", kernel.transpose(3, 2, 0, 1).copy())]
+    inputs = [x, g.add_initializer(f"{layer.name}/kernel", onnx_kernel)]
     if layer.use_bias:
         inputs.append(g.add_initializer(f"{layer.name}/bias", _f32(layer.bias)))
     act = _activation_op(layer)
@@ -146,7 +145,18 @@ def _conv2d(g: _Graph, layer, ins: list[str], shapes: list[tuple], out: str) -> 
     )
     if act:
         g.add_node(act, [conv_out], [out], name=f"{layer.name}/{act.lower()}")
-    return (n, int(layer.filters), ho, wo)
+    return (n, int(onnx_kernel.shape[0]), ho, wo)
+
+
+def _conv2d(g: _Graph, layer, ins: list[str], shapes: list[tuple], out: str) -> tuple:
+    _channels_last(layer)
+    c = shapes[0][1]
+    groups = int(getattr(layer, "groups", 1))
+    kernel = _f32(layer.kernel)  # (kh, kw, cin / groups, cout)
+    if kernel.shape[2] * groups != c:
+        raise ValueError(f"layer {layer.name!r}: kernel {kernel.shape} does not fit {c} channels")
+    onnx_kernel = kernel.transpose(3, 2, 0, 1).copy()
+    return _conv_node(g, layer, ins[0], onnx_kernel, shapes[0], groups, out)
 
 
 def _pads(layer, hw, kernel, strides, dilations) -> tuple[list[int], tuple[int, int]]:
@@ -174,35 +184,13 @@ def _pads(layer, hw, kernel, strides, dilations) -> tuple[list[int], tuple[int, 
 def _depthwise(g: _Graph, layer, ins: list[str], shapes: list[tuple], out: str) -> tuple:
     """``DepthwiseConv2D`` -> grouped ``Conv`` (group = channels)."""
     _channels_last(layer)
-    (x,), (n, c, h, w) = ins, shapes[0]
-    kh, kw = _pair(layer.kernel_size)
-    sh, sw = _pair(layer.strides)
-    dh, dw = _pair(layer.dilation_rate)
-    pads, (ho, wo) = _pads(layer, (h, w), (kh, kw), (sh, sw), (dh, dw))
+    c = shapes[0][1]
     kernel = _f32(layer.kernel)  # (kh, kw, c, multiplier)
     if kernel.shape[2] != c:
         raise ValueError(f"layer {layer.name!r}: kernel {kernel.shape} does not fit {c} channels")
-    mult = kernel.shape[3]
+    kh, kw, _, mult = kernel.shape
     onnx_kernel = kernel.transpose(2, 3, 0, 1).reshape(c * mult, 1, kh, kw).copy()
-    inputs = [x, g.add_initializer(f"{layer.name}/kernel", onnx_kernel)]
-    if layer.use_bias:
-        inputs.append(g.add_initializer(f"{layer.name}/bias", _f32(layer.bias)))
-    act = _activation_op(layer)
-    conv_out = f"{out}/preact" if act else out
-    g.add_node(
-        "Conv",
-        inputs,
-        [conv_out],
-        name=layer.name,
-        kernel_shape=[kh, kw],
-        pads=pads,
-        strides=[sh, sw],
-        dilations=[dh, dw],
-        group=c,
-    )
-    if act:
-        g.add_node(act, [conv_out], [out], name=f"{layer.name}/{act.lower()}")
-    return (n, c * mult, ho, wo)
+    return _conv_node(g, layer, ins[0], onnx_kernel, shapes[0], c, out)
 
 
 def _relu(g: _Graph, layer, ins, shapes, out) -> tuple:
