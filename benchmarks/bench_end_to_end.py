@@ -27,11 +27,11 @@ import time
 import numpy as np
 import pytest
 from bench_inference import runner
-from benchlib import cpu_flags, default_segmenter, forget_caches, n_images, rounds
+from benchlib import default_segmenter, forget_caches, n_images, rounds
 
 from hemoseg_edge.engines import PREVIOUS_INT8_MODEL, PREVIOUS_MODEL
 from hemoseg_edge.errors import HemosegError
-from hemoseg_edge.segmenter import INT8_CPU_FLAGS, Segmenter
+from hemoseg_edge.segmenter import Segmenter
 
 GROUP = "end-to-end"
 
@@ -328,13 +328,11 @@ def previous_seg(models, images) -> Segmenter:
     """The previous shipped model (v1) on the path ``default_model`` would pick for it."""
     if not models.real:
         pytest.skip("the shipped models are not in the models folder (tiny fallback)")
-    int8 = models.dir / PREVIOUS_INT8_MODEL
-    fp32 = models.dir / PREVIOUS_MODEL
-    use_int8 = int8.is_file() and bool(INT8_CPU_FLAGS & cpu_flags())
-    path = int8 if use_int8 else fp32
-    if not path.is_file():
-        pytest.skip(f"{path.name} not in {models.dir}")
-    s = Segmenter.from_engine(path, backend="auto", throughput=True)
+    if not (models.dir / PREVIOUS_MODEL).is_file():
+        pytest.skip(f"{PREVIOUS_MODEL} not in {models.dir}")
+    s = default_segmenter(
+        models, throughput=True, fp32_name=PREVIOUS_MODEL, int8_name=PREVIOUS_INT8_MODEL
+    )
     list(s.segment_batch(images[:2]))
     return s
 

@@ -196,10 +196,17 @@ def kernels(native_on: bool):
         yield "native" if native_on else "numpy/OpenCV reference"
 
 
-def default_segmenter(models: ModelSet, throughput: bool, **backend_options):
+def default_segmenter(
+    models: ModelSet,
+    throughput: bool,
+    fp32_name: str = DEFAULT_MODEL,
+    int8_name: str = INT8_MODEL,
+    **backend_options,
+):
     """What ``hemoseg-edge segment`` loads without ``--model``: the shipped model in the
     variant ``Segmenter.default_model`` picks for this CPU (the tiny fallback when the real
-    models are absent); ``throughput`` as the CLI sets it for several images."""
+    models are absent); ``throughput`` as the CLI sets it for several images. ``fp32_name`` /
+    ``int8_name``: another shipped model's files, picked the same way."""
     from hemoseg_edge.segmenter import Segmenter
 
     if not models.real:
@@ -207,7 +214,13 @@ def default_segmenter(models: ModelSet, throughput: bool, **backend_options):
             models.fallback, backend="auto", throughput=throughput, **backend_options
         )
     os.environ["HEMOSEG_ENGINES"] = str(models.dir)  # searched first by default_model
-    return Segmenter.from_engine(None, backend="auto", throughput=throughput, **backend_options)
+    return Segmenter.default_model(
+        "auto",
+        throughput=throughput,
+        fp32_name=fp32_name,
+        int8_name=int8_name,
+        **backend_options,
+    )
 
 
 def make_fallback_model(folder: Path) -> Path:

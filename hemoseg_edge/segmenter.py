@@ -15,7 +15,7 @@ import numpy as np
 from . import engine_file, quality
 from .backends import Backend, auto_choice, available, load_backend
 from .backends.openvino import cpu_flags
-from .engines import INT8_MODEL, default_model_path, verify_against_manifest
+from .engines import DEFAULT_MODEL, INT8_MODEL, default_model_path, verify_against_manifest
 from .errors import HemosegError, ModelError
 from .io import LoadedImage, load_image, read_bytes
 from .metadata import ModelMetadata
@@ -103,18 +103,26 @@ class Segmenter:
 
     @classmethod
     def default_model(
-        cls, backend: str = "auto", allow_defaults: bool = False, throughput: bool = False, **kw
+        cls,
+        backend: str = "auto",
+        allow_defaults: bool = False,
+        throughput: bool = False,
+        *,
+        fp32_name: str = DEFAULT_MODEL,
+        int8_name: str = INT8_MODEL,
+        **kw,
     ) -> Segmenter:
         """The shipped model: its INT8 Q/DQ variant where OpenVINO runs on a CPU with int8 dot
         products (AMX-INT8, AVX512-VNNI, AVX-VNNI), else the FP32 model (ONNX Runtime's CPU
         provider runs Q/DQ INT8 slower than FP32). Parity with FP32 is asserted in the tests
-        and benchmarks."""
+        and benchmarks. ``fp32_name`` / ``int8_name``: another shipped model's pair of files
+        (e.g. the previous model, v1), chosen by the same rule."""
         wants_ov = backend == "openvino" or (
             backend == "auto" and auto_choice(available()) == "openvino"
         )
         if wants_ov and INT8_CPU_FLAGS & (cpu_flags() or frozenset()):
             try:
-                path = default_model_path(INT8_MODEL)
+                path = default_model_path(int8_name)
             except ModelError:
                 pass
             else:
@@ -122,7 +130,9 @@ class Segmenter:
                 if seg.backend.name == "openvino":
                     return seg
                 seg.backend.close()  # "auto" fell back to ONNX Runtime: FP32 is faster there
-        return cls.from_engine(default_model_path(), backend, allow_defaults, throughput, **kw)
+        return cls.from_engine(
+            default_model_path(fp32_name), backend, allow_defaults, throughput, **kw
+        )
 
     # --- the three stages -------------------------------------------------------------------
     def load(self, image: ImageLike) -> LoadedImage:
