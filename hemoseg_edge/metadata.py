@@ -34,7 +34,7 @@ class ModelMetadata:
     training_data: str = "unknown"
     # image-level operating point on ``postprocess.image_score`` (chosen on validation);
     # NO_IMAGE_THRESHOLD: the model has none, results carry the score but no verdict
-    image_threshold: float = -1.0
+    image_threshold: float = NO_IMAGE_THRESHOLD
     architecture: str = "unet-skouta2022"
     preprocess_sha256: str = field(default_factory=spec_sha256)
     extra: dict = field(default_factory=dict)

@@ -69,13 +69,13 @@ def evaluate_idrid(seg: Segmenter, items, threshold: float, bins: int = 1000) ->
         truth = read_mask(item)
         prob = _full_prob(r)
         hist_full.add(prob, truth)
-        c = M.confusion(prob >= threshold, truth)
+        pred = prob >= threshold
+        c = M.confusion(pred, truth)
         total += c
         truth_m = preprocess_mask(truth, r.geometry) >= 0.5
         hist_model.add(r.probability, truth_m)
         total_model += M.confusion(r.probability >= threshold, truth_m)
         per_image[item.id] = round(M.dice(c), 4)
-        pred = prob >= threshold
         lesion_stats.append(lesion_level(pred, truth))
         scores[item.id] = round(r.image_score, 4)
         verdicts[item.id] = r.hemorrhage_detected
@@ -110,14 +110,19 @@ def evaluate_idrid(seg: Segmenter, items, threshold: float, bins: int = 1000) ->
     }
 
 
+def regions_hit(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
+    """(ground-truth regions, regions hit by any predicted pixel), 8-connected."""
+    n_true, true_labels = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
+    return n_true - 1, len(np.unique(true_labels[pred & (true_labels > 0)]))
+
+
 def lesion_level(pred: np.ndarray, truth: np.ndarray) -> dict:
     """Ground-truth regions hit by any predicted pixel, and predicted lesions (8-connected)
     that touch no ground-truth pixel."""
-    n_true, true_labels = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
+    regions, hit = regions_hit(pred, truth)
     n_pred, pred_labels = cv2.connectedComponents(pred.astype(np.uint8), connectivity=8)
-    hit = len(np.unique(true_labels[pred & (true_labels > 0)]))
     touching = len(np.unique(pred_labels[truth & (pred_labels > 0)]))
-    return {"regions": n_true - 1, "hit": hit, "false_positive": n_pred - 1 - touching}
+    return {"regions": regions, "hit": hit, "false_positive": n_pred - 1 - touching}
 
 
 def _image_level(scores: dict, verdicts: dict) -> dict:
@@ -136,14 +141,13 @@ def evaluate_ddb1(seg: Segmenter, items) -> dict:
     for item in items:
         r = seg.segment(item.image)
         truth = read_mask(item)
-        n, labels = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
-        hit = len(np.unique(labels[r.mask & (labels > 0)]))
+        n, hit = regions_hit(r.mask, truth)
         detected += bool(r.lesions)
         hits += hit
-        regions += n - 1
+        regions += n
         scores[item.id] = round(r.image_score, 4)
         verdicts[item.id] = r.hemorrhage_detected
-        per_image[item.id] = {"lesions_predicted": len(r.lesions), "regions": n - 1, "hit": hit}
+        per_image[item.id] = {"lesions_predicted": len(r.lesions), "regions": n, "hit": hit}
     return {
         "images": len(items),
         "image_level_sensitivity": round(detected / len(items), 4) if items else None,

@@ -588,6 +588,23 @@ class ExportReport:
     metadata: ModelMetadata
 
 
+# short name (``--arch``) -> the architecture name stored in the model metadata
+ARCH_NAMES = {"unet": "unet-skouta2022", "mnv2": "unet-mobilenetv2-imagenet"}
+
+
+def architecture_input_hw(arch: str) -> tuple[int, int]:
+    """The input size ``arch`` is trained and shipped at (v1 560x576, v2 1120x1152)."""
+    if arch not in ARCH_NAMES:
+        raise ValueError(f"unknown architecture {arch!r} (expected one of {sorted(ARCH_NAMES)})")
+    if arch == "mnv2":
+        from training.model_mnv2 import INPUT_HW
+
+        return INPUT_HW
+    from hemoseg_edge.preprocess import DEFAULT_INPUT_HW
+
+    return DEFAULT_INPUT_HW
+
+
 def build_architecture(arch: str, input_hw: tuple[int | None, int | None]):
     """The Keras model of ``arch`` ("unet": the paper's, v1; "mnv2": MobileNetV2 U-Net, v2)."""
     from training.model import build_unet
@@ -691,7 +708,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m training.export", description=__doc__.split("\n")[0]
     )
     p.add_argument("--weights", type=Path, required=True, help="Keras .weights.h5")
-    p.add_argument("--arch", default="unet", choices=("unet", "mnv2"), help="network (v1: unet)")
+    p.add_argument("--arch", default="unet", choices=sorted(ARCH_NAMES), help="network (v1: unet)")
     p.add_argument("--out", type=Path, required=True, help="ONNX file to write")
     p.add_argument("--version", required=True, help="model version string (metadata)")
     p.add_argument("--threshold", type=float, default=0.5, help="decision threshold (metadata)")

@@ -20,7 +20,6 @@ from pathlib import Path
 
 ENGINES = Path(__file__).resolve().parents[1] / "engines"
 NOTES = ENGINES / "MODEL_CARD_NOTES.md"
-ARCHS = {"unet-skouta2022": "unet", "unet-mobilenetv2-imagenet": "mnv2"}
 
 
 @dataclass
@@ -57,14 +56,11 @@ def parse_model(spec: str) -> Entry:
 def architecture(arch: str) -> tuple[int, int, tuple[int, int], str]:
     """(parameters, GFLOP x 1e9, input size, layer summary table) of an architecture."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from training.export import build_architecture
+    from training.export import ARCH_NAMES, architecture_input_hw, build_architecture
     from training.model import conv_flops
 
-    short = ARCHS.get(arch, "unet")
-    if short == "mnv2":
-        from training.model_mnv2 import INPUT_HW as hw
-    else:
-        from hemoseg_edge.preprocess import DEFAULT_INPUT_HW as hw
+    short = {v: k for k, v in ARCH_NAMES.items()}.get(arch, "unet")
+    hw = architecture_input_hw(short)
     m = build_architecture(short, hw)
     rows = ["| layer | type | output (H, W, C) | params |", "|---|---|---|---|"]
     for ly in m.layers:

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+from training.export import ARCH_NAMES
+
 ENGINES = Path(__file__).resolve().parents[1] / "engines"
-ARCH_NAMES = {"unet": "unet-skouta2022", "mnv2": "unet-mobilenetv2-imagenet"}
 
 
 def set_metadata(onnx_path: Path, **values) -> None:
@@ -82,14 +83,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from hemoseg_edge.engines import read_manifest
     from hemoseg_edge.metadata import ModelMetadata
-    from hemoseg_edge.preprocess import DEFAULT_INPUT_HW
     from hemoseg_edge.segmenter import Segmenter
     from training.data import VAL_IDS, idrid_items, load_cached
     from training.evaluate import tune_threshold
-    from training.export import export
-    from training.model_mnv2 import INPUT_HW
+    from training.export import architecture_input_hw, export
 
-    input_hw = INPUT_HW if args.arch == "mnv2" else DEFAULT_INPUT_HW
+    input_hw = architecture_input_hw(args.arch)
     run_info = json.loads(args.run_info.read_text()) if args.run_info else {}
     md = ModelMetadata(
         input_height=input_hw[0],
