@@ -29,8 +29,8 @@ import pytest
 from bench_inference import runner
 from benchlib import default_segmenter, forget_caches, n_images, rounds
 
-from hemoseg_edge.engines import PREVIOUS_INT8_MODEL, PREVIOUS_MODEL
 from hemoseg_edge.errors import HemosegError
+from hemoseg_edge.model_file.shipped import PREVIOUS_INT8_MODEL, PREVIOUS_MODEL
 from hemoseg_edge.segmenter import Segmenter
 
 GROUP = "end-to-end"
@@ -241,8 +241,8 @@ def bench_batch_spare_core(benchmark, one_thread_seg, paths, models):
 def _with_outputs_run(seg: Segmenter, paths: list, out_dir):
     """What ``hemoseg-edge segment`` does for several images: the batch pipeline plus the mask
     PNG, overlay JPEG and JSON written by a bounded writer pool (``pipeline.write_behind``)."""
-    from hemoseg_edge.cli import write_outputs
-    from hemoseg_edge.pipeline import write_behind
+    from hemoseg_edge.outputs import write_outputs
+    from hemoseg_edge.outputs.write_behind import write_behind
 
     counter = itertools.count()
 

@@ -72,7 +72,7 @@ def bench_postprocess_reference(benchmark, case, models):
 
 def bench_write_outputs(benchmark, case, images, tmp_path):
     """Mask PNG (12 Mpx), overlay JPEG (2048 px), JSON, each written atomically (CLI)."""
-    from hemoseg_edge.cli import write_outputs
+    from hemoseg_edge.outputs import write_outputs
 
     seg, image, pre, prob = case
     res = seg.postprocess(prob, pre, image, {})

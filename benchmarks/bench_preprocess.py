@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from benchlib import HW, forget_caches, kernels, rounds
 
-from hemoseg_edge.io import load_image, read_bytes
+from hemoseg_edge.files import read_bytes
+from hemoseg_edge.inputs import load_image
 from hemoseg_edge.preprocess import find_fov, preprocess_frame
 
 CPU = "preprocess-cpu"

@@ -3,7 +3,7 @@
 Environment:
   HEMOSEG_BENCH_QUICK=1     few images and rounds (CI); default: full mode
   HEMOSEG_BENCH_MODELS=DIR  where the shipped default model's FP32/FP16/INT8 files live
-                            (hemoseg_edge.engines names them; default: engines/)
+                            (hemoseg_edge.model_file.shipped names them; default: engines/)
   HEMOSEG_DATA=DIR          shared datasets (default: ../shared/data)
   HEMOSEG_BENCH_NOTE=TEXT   free text stored in the JSON (e.g. "background jobs paused")
 """
@@ -17,7 +17,9 @@ import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hemoseg_edge.engines import DEFAULT_MODEL, FP16_MODEL, INT8_MODEL
+from hemoseg_edge.cpu import BF16_FLAGS
+from hemoseg_edge.cpu import cpu_flags as read_cpu_flags
+from hemoseg_edge.model_file.shipped import DEFAULT_MODEL, FP16_MODEL, INT8_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = os.environ.get("HEMOSEG_BENCH_QUICK", "").lower() in ("1", "true", "yes", "on")
@@ -32,7 +34,7 @@ def _model_hw() -> tuple[int, int]:
     try:
         import onnx
 
-        from hemoseg_edge.metadata import ModelMetadata
+        from hemoseg_edge.model_file.metadata import ModelMetadata
 
         proto = onnx.load(str(MODELS_DIR / FP32), load_external_data=False)
         return ModelMetadata.from_props({p.key: p.value for p in proto.metadata_props}).input_hw
@@ -41,7 +43,6 @@ def _model_hw() -> tuple[int, int]:
 
 
 HW = _model_hw()
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def _tests_conftest():
@@ -65,11 +66,7 @@ def n_images(full: int, quick: int) -> int:
 
 
 def cpu_flags() -> set[str]:
-    try:
-        from hemoseg_edge.backends.openvino import cpu_flags as read
-    except ImportError:  # pragma: no cover - openvino module imports only stdlib at load
-        return set()
-    return set(read() or ())
+    return set(read_cpu_flags() or ())
 
 
 def is_x86() -> bool:
@@ -148,7 +145,7 @@ def skip_reason(v: Variant, models: ModelSet) -> str | None:
         return f"{v.file} not in {where}"
     if v.backend == "openvino" and iu.find_spec("openvino") is None:
         return "openvino not installed (pip install 'hemoseg-edge[openvino]')"
-    if v.backend == "openvino" and v.precision == "bf16" and not (set(BF16_FLAGS) & cpu_flags()):
+    if v.backend == "openvino" and v.precision == "bf16" and not (BF16_FLAGS & cpu_flags()):
         return "CPU has no native bf16 (AMX/AVX512-BF16)"
     gpu_stack = iu.find_spec("tensorrt") is not None and iu.find_spec("pycuda") is not None
     if v.backend == "tensorrt" and not gpu_stack:
@@ -225,7 +222,7 @@ def default_segmenter(
 
 def make_fallback_model(folder: Path) -> Path:
     """The tiny real ONNX model from tests/conftest.py (1x1 conv + sigmoid) with metadata."""
-    from hemoseg_edge.metadata import ModelMetadata
+    from hemoseg_edge.model_file.metadata import ModelMetadata
 
     md = ModelMetadata(version="bench-tiny-fallback", training_data="none (benchmark stand-in)")
     p = folder / "tiny_fallback.onnx"

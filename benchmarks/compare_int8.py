@@ -41,8 +41,8 @@ sys.path.insert(0, str(HERE))
 from bench_parity import agreement, per_image  # noqa: E402
 from benchlib import FP32, INT8, MODELS_DIR, TESTS, cpu_flags, fundus_images  # noqa: E402
 
+from hemoseg_edge.build.quantize import calibration_batch, calibration_images, to_int8  # noqa: E402
 from hemoseg_edge.metrics import Counts, dice, iou  # noqa: E402
-from hemoseg_edge.quantize import calibration_batch, calibration_images, to_int8  # noqa: E402
 from hemoseg_edge.segmenter import Segmenter  # noqa: E402
 
 PARITY_TOLERANCE = 0.01  # the parity group's INT8 tolerance

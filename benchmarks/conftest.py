@@ -25,7 +25,15 @@ from benchlib import (  # noqa: E402
     make_fallback_model,
 )
 
-FLAG_SUBSET = ("avx2", "avx512f", "avx512_vnni", *BF16_FLAGS, "amx_int8", "amx_tile", "avx512_fp16")
+FLAG_SUBSET = (
+    "avx2",
+    "avx512f",
+    "avx512_vnni",
+    *sorted(BF16_FLAGS),
+    "amx_int8",
+    "amx_tile",
+    "avx512_fp16",
+)
 ENV_KEYS = ("OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 PACKAGES = (
     "hemoseg-edge",
@@ -137,7 +145,7 @@ def images() -> list[Path]:
 @pytest.fixture(scope="session")
 def model_input(images) -> np.ndarray:
     """A real preprocessed tensor (1, 1, 560, 576) of the first test image."""
-    from hemoseg_edge.io import load_image
+    from hemoseg_edge.inputs import load_image
     from hemoseg_edge.preprocess import preprocess_frame
 
     li = load_image(images[0], HW)

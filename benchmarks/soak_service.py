@@ -33,7 +33,7 @@ def tiny_model(path: Path) -> Path:
     sys.path.insert(0, str(REPO / "tests"))
     from conftest import make_tiny_onnx
 
-    from hemoseg_edge.metadata import ModelMetadata
+    from hemoseg_edge.model_file.metadata import ModelMetadata
 
     md = ModelMetadata(version="soak-tiny", threshold=0.5, training_data="none (soak test)")
     path.write_bytes(make_tiny_onnx(metadata=md))

@@ -14,8 +14,6 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
 import sys
@@ -25,30 +23,20 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .errors import HemosegError, ModelError
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".dcm"}
-EXIT_OK, EXIT_INPUT, EXIT_USAGE, EXIT_MODEL, EXIT_FLAGGED = 0, 1, 2, 3, 4
-EXIT_INTERNAL = 70
-REPORT_FIELDS = (
-    "input",
-    "status",
-    "error",
-    "hemorrhage_detected",
-    "image_score",
-    "burden_percent",
-    "lesion_count",
-    "lesion_area_px",
-    "upper_left",
-    "upper_right",
-    "lower_left",
-    "lower_right",
-    "flags",
-    "total_ms",
-    "mask",
-    "overlay",
-    "json",
+from .backends import NAMES as BACKENDS
+from .errors import (
+    EXIT_BROKEN_PIPE,
+    EXIT_FLAGGED,
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_MODEL,
+    EXIT_OK,
+    EXIT_USAGE,
+    HemosegError,
+    ModelError,
 )
+from .inputs import IMAGE_SUFFIXES
 
 
 def _err(msg: str) -> None:
@@ -75,48 +63,6 @@ def _stem_for(path: Path, used: set[str]) -> str:
     return name
 
 
-def render_outputs(
-    result, path: Path, stem: str, overlay_max_side: int, extra: dict | None = None
-) -> dict[str, bytes]:
-    """Mask PNG (original size, 1-bit), overlay JPEG and JSON as ``{file name: bytes}``, in that
-    order; ``extra`` (e.g. ``{"dicom": {...}}``) is merged into the JSON's top level."""
-    from .io import encode_jpeg, encode_png_mask, load_overlay_frame
-    from .postprocess import render_overlay
-
-    names = output_names(stem)
-    mask_png = encode_png_mask(result.mask_windows)  # no full-size mask is built
-    colour = load_overlay_frame(path, result, overlay_max_side)
-    verdict = {True: "hemorrhage detected", False: "no hemorrhage detected", None: "score"}
-    summary = (
-        f"{verdict[result.hemorrhage_detected]} ({result.image_score:.2f}); "
-        f"{result.burden_percent:.2f}% of FOV, {len(result.lesions)} lesions"
-    ) + (f"  [{', '.join(result.flags)}]" if result.flags else "")
-    overlay = encode_jpeg(render_overlay(colour, result.mask_windows, summary, inplace=True))
-    d = result.to_dict()
-    d["input"] = str(path)
-    d["outputs"] = {"mask": names[0], "overlay": names[1]}
-    d.update(extra or {})
-    data = (mask_png, overlay, (json.dumps(d, indent=2) + "\n").encode())
-    return dict(zip(names, data, strict=True))
-
-
-def output_names(stem: str) -> tuple[str, str, str]:
-    """Mask, overlay and JSON file names for one input."""
-    return f"{stem}_mask.png", f"{stem}_overlay.jpg", f"{stem}.json"
-
-
-def write_outputs(
-    result, path: Path, out_dir: Path, stem: str, overlay_max_side: int, extra: dict | None = None
-) -> dict:
-    """Mask PNG (original size), overlay JPEG, JSON — each written atomically, JSON last."""
-    from .io import atomic_write_bytes
-
-    files = render_outputs(result, path, stem, overlay_max_side, extra)
-    for name, data in files.items():
-        atomic_write_bytes(out_dir / name, data)
-    return dict(zip(("mask", "overlay", "json"), (str(out_dir / n) for n in files), strict=True))
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
     from .segmenter import Segmenter
 
@@ -140,82 +86,49 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if not inputs:
         _err("error: no input images found")
         return EXIT_USAGE
-    rows, failed, flagged, used = [], 0, 0, set()
-    bar = _progress(len(inputs), args.quiet)
-    from .pipeline import write_behind
+    from tqdm import tqdm
 
+    from .outputs import failed_row, result_row, write_behind, write_outputs, write_report
+
+    rows, failed, flagged, used = [], 0, 0, set()
+    bar = tqdm(
+        total=len(inputs),
+        unit="img",
+        file=sys.stderr,
+        disable=True if args.quiet or len(inputs) < 2 else None,  # None: only on a terminal
+    )
     jobs = write_behind(  # PNG encoding and writing overlap inference of the next images
         seg.segment_batch(inputs, prefetch=args.prefetch),
         lambda path, res, stem: write_outputs(res, path, out_dir, stem, args.overlay_max_side),
         prepare=lambda path: _stem_for(path, used),
     )
     for path, res, written in jobs:
-        row = dict.fromkeys(REPORT_FIELDS, "")
-        row["input"] = str(path)
         if isinstance(res, HemosegError):
             failed += 1
-            row.update(status="failed", error=str(res))
+            row = failed_row(path, str(res))
             _err(f"error: {res}")
         else:
             try:
                 outs = written.result()
             except (OSError, HemosegError) as e:
                 failed += 1
-                row.update(status="failed", error=f"{path}: cannot write outputs ({e})")
+                row = failed_row(path, f"{path}: cannot write outputs ({e})")
                 _err(f"error: {row['error']}")
             else:
-                q = res.quadrant_counts
-                row.update(
-                    status="ok",
-                    hemorrhage_detected=(
-                        "" if res.hemorrhage_detected is None else int(res.hemorrhage_detected)
-                    ),
-                    image_score=f"{res.image_score:.4f}",
-                    burden_percent=f"{res.burden_percent:.4f}",
-                    lesion_count=len(res.lesions),
-                    lesion_area_px=res.lesion_area_px,
-                    flags=";".join(res.flags),
-                    total_ms=f"{res.timings_ms.get('total', 0):.1f}",
-                    **q,
-                    **outs,
-                )
+                row = result_row(path, res, outs)
                 if res.flags:
                     flagged += 1
                     _err(f"warning: {path}: flagged {', '.join(res.flags)}")
         rows.append(row)
         bar.update(1)
     bar.close()
-    _write_report(out_dir / "report.csv", rows)
+    write_report(out_dir / "report.csv", rows)
     ok = len(rows) - failed
     if not args.quiet:
         print(f"{ok}/{len(rows)} processed, {failed} failed, {flagged} flagged -> {out_dir}")
     if failed:
         return EXIT_INPUT
     return EXIT_FLAGGED if flagged else EXIT_OK
-
-
-def _write_report(path: Path, rows: list[dict]) -> None:
-    from .io import atomic_write_bytes
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=REPORT_FIELDS)
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-class _NoBar:
-    def update(self, n: int) -> None: ...
-
-    def close(self) -> None: ...
-
-
-def _progress(total: int, quiet: bool):
-    if quiet or total < 2:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="img", file=sys.stderr, disable=None)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -244,16 +157,37 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_watch(args: argparse.Namespace) -> int:
-    from .service.watch import run_watch
+def service_config(args: argparse.Namespace, in_dir: str | os.PathLike):
+    from .service.config import ServiceConfig
 
-    return run_watch(args)
+    return ServiceConfig(
+        in_dir=Path(in_dir),
+        out=Path(args.out),
+        model=args.model,
+        backend=args.backend,
+        assume_defaults=args.assume_defaults,
+        settle=args.settle,
+        rescan=args.rescan,
+        timeout=args.timeout,
+        queue_size=args.queue_size,
+        overlay_max_side=args.overlay_max_side,
+        inotify=not args.no_inotify,
+    )
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from .service.watch import serve
+
+    return serve(service_config(args, args.in_dir))
 
 
 def cmd_dicom_listen(args: argparse.Namespace) -> int:
+    from .service.config import ListenerConfig
     from .service.dicom import run_dicom_listen
 
-    return run_dicom_listen(args)
+    in_dir = args.in_dir or Path(args.out) / "incoming"
+    listener = ListenerConfig(args.port, args.host, args.ae_title, tuple(args.allow_ae))
+    return run_dicom_listen(service_config(args, in_dir), listener)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -270,9 +204,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _model_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--model", default=None, help="ONNX model or engine (default: shipped model)")
-    s.add_argument(
-        "--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "tensorrt")
-    )
+    s.add_argument("--backend", default="auto", choices=BACKENDS)
     s.add_argument(
         "--assume-defaults",
         action="store_true",
@@ -307,7 +239,7 @@ def _service_args(s: argparse.ArgumentParser) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from .quantize import quantize_file
+    from .build.quantize import quantize_file
 
     if args.precision == "int8" and not args.calib:
         _err("error: int8 needs calibration images: --calib DIR_OR_FILE ... (training images)")
@@ -331,7 +263,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_build_engine(args: argparse.Namespace) -> int:
-    from .trt_build import build_engine_file
+    from .build.trt_engine import build_engine_file
 
     try:
         out = build_engine_file(args.model, args.out, args.workspace_mb)
@@ -366,9 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_segment)
     i = sub.add_parser("info", help="print a model's metadata and check that it runs")
     i.add_argument("model", nargs="?", default=None)
-    i.add_argument(
-        "--backend", default="auto", choices=("auto", "onnxruntime", "openvino", "tensorrt")
-    )
+    i.add_argument("--backend", default="auto", choices=BACKENDS)
     i.set_defaults(func=cmd_info)
     w = sub.add_parser("watch", help="service: process images dropped into a folder")
     w.add_argument("in_dir", help="input folder watched for JPEG/PNG/TIFF/DICOM files")
@@ -438,11 +368,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         _err("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # e.g. `hemoseg-edge info | head`: the reader left; stop quietly
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
-        return 141  # 128 + SIGPIPE, as a shell reports a process killed by it
+        return EXIT_BROKEN_PIPE
     except HemosegError as e:  # anything we raise on purpose ends as one line
         _err(f"error: {e}")
         return e.exit_code

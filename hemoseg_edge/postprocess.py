@@ -279,56 +279,6 @@ def window_lesions(mask: WindowedMask, geometry: Geometry) -> list[Lesion]:
     return sorted(lesions, key=lesion_order)
 
 
-def sample_mask(mask: WindowedMask, hw: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resampling of a windowed mask to ``hw`` (uint8 0/1): output pixel
-    ``(r, c)`` takes original pixel ``(r * H // h, c * W // w)``; only the windows are read."""
-    h, w = hw
-    oh, ow = mask.shape
-    ys, xs = np.arange(h) * oh // h, np.arange(w) * ow // w
-    out = np.zeros((h, w), np.uint8)
-    for (x0, y0, x1, y1), part in zip(mask.windows, mask.parts, strict=True):
-        r0, r1 = np.searchsorted(ys, [y0, y1])
-        c0, c1 = np.searchsorted(xs, [x0, x1])
-        if r0 < r1 and c0 < c1:
-            out[r0:r1, c0:c1] = part[np.ix_(ys[r0:r1] - y0, xs[c0:c1] - x0)]
-    return out
-
-
-def render_overlay(
-    bgr: np.ndarray,
-    mask: np.ndarray | WindowedMask,
-    summary: str | None = None,
-    inplace: bool = False,
-) -> np.ndarray:
-    """Colour image with lesion outlines (the mask is resampled to the image if needed);
-    ``inplace``: drawn on ``bgr`` itself rather than on a copy."""
-    h, w = bgr.shape[:2]
-    if isinstance(mask, WindowedMask):
-        m = sample_mask(mask, (h, w))
-    else:
-        m = mask.astype(np.uint8)
-    if m.shape != (h, w):
-        m = (
-            cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST)
-            if m.any()
-            else np.zeros((h, w), np.uint8)
-        )
-    out = bgr if inplace else bgr.copy()
-    contours, _ = cv2.findContours(m, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    thick = max(1, round(max(h, w) / 700))
-    cv2.drawContours(out, contours, -1, (255, 255, 0), thick, lineType=cv2.LINE_AA)
-    if summary:
-        scale = max(0.5, max(h, w) / 1500)
-        org = (int(12 * scale), int(30 * scale))
-        cv2.putText(
-            out, summary, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 4 * thick, cv2.LINE_AA
-        )
-        cv2.putText(
-            out, summary, org, cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick, cv2.LINE_AA
-        )
-    return out
-
-
 # Side (model pixels) of the box the image-level score averages over: ~11 px of a 4288 px
 # IDRiD photograph at model v2's 1120 x 1152 input, the size of a small blot hemorrhage, so one
 # hot pixel cannot make a photograph "positive".

@@ -12,45 +12,24 @@ from pathlib import Path
 
 import numpy as np
 
-from . import engine_file, quality
-from .backends import Backend, auto_choice, available, load_backend
-from .backends.openvino import cpu_flags
-from .engines import DEFAULT_MODEL, INT8_MODEL, default_model_path, verify_against_manifest
+from . import quality
+from .backends import Backend, BackendName, auto_choice, available, load_backend
+from .cpu import INT8_FLAGS, cpu_flags
 from .errors import HemosegError, ModelError
-from .io import LoadedImage, load_image, read_bytes
-from .metadata import ModelMetadata
+from .inputs import LoadedImage, load_image
+from .model_file import (
+    DEFAULT_MODEL,
+    INT8_MODEL,
+    ModelMetadata,
+    default_model_path,
+    model_metadata,
+    read_model,
+)
 from .postprocess import fov_area, image_score, threshold_windows, window_lesions
 from .preprocess import Preprocessed, preprocess_frame
 from .result import SegmentationResult
 
 ImageLike = str | os.PathLike | np.ndarray | LoadedImage
-INT8_CPU_FLAGS = frozenset({"amx_int8", "avx512_vnni", "avx_vnni"})
-
-
-def read_model(path: str | os.PathLike) -> tuple[bytes, str]:
-    """Model bytes and kind ("onnx" or "engine"); one-line errors for bad files."""
-    p = Path(path)
-    try:
-        data = read_bytes(p)
-    except HemosegError as e:
-        raise ModelError(str(e)) from None
-    verify_against_manifest(p, data)
-    return data, "engine" if engine_file.is_engine(data) else "onnx"
-
-
-def onnx_metadata(data: bytes, source: str, allow_defaults: bool = False) -> ModelMetadata:
-    import onnx
-    from google.protobuf.message import DecodeError
-
-    proto = onnx.ModelProto()
-    try:
-        proto.ParseFromString(data)
-    except (DecodeError, ValueError, RuntimeError) as e:
-        raise ModelError(f"{source}: not a valid ONNX model ({type(e).__name__})") from None
-    if not proto.graph.node:
-        raise ModelError(f"{source}: not a valid ONNX model (empty graph)")
-    props = {p.key: p.value for p in proto.metadata_props}
-    return ModelMetadata.from_props(props, source, allow_defaults)
 
 
 class Segmenter:
@@ -76,7 +55,7 @@ class Segmenter:
     def from_engine(
         cls,
         path: str | os.PathLike | None = None,
-        backend: str = "auto",
+        backend: BackendName = "auto",
         allow_defaults: bool = False,
         throughput: bool = False,
         **backend_options,
@@ -92,19 +71,21 @@ class Segmenter:
         path = Path(path)
         data, kind = read_model(path)
         source = str(path)
+        metadata = model_metadata(data, kind, source, allow_defaults)
         if kind == "engine":
-            header, _ = engine_file.split(data, source)
-            metadata = ModelMetadata.from_props(header["metadata"], source)
             backend = "tensorrt"
-        else:
-            metadata = onnx_metadata(data, source, allow_defaults)
+        elif backend == "tensorrt":  # an ONNX model: build its engine (cached) on this GPU
+            from .build.trt_engine import DEFAULT_WORKSPACE_MB, cached_engine
+
+            workspace = backend_options.pop("workspace_mb", DEFAULT_WORKSPACE_MB)
+            data = cached_engine(data, source, workspace, backend_options.get("device", 0))
         loaded = load_backend(backend, data, source, throughput=throughput, **backend_options)
         return cls(loaded, metadata, source)
 
     @classmethod
     def default_model(
         cls,
-        backend: str = "auto",
+        backend: BackendName = "auto",
         allow_defaults: bool = False,
         throughput: bool = False,
         *,
@@ -120,7 +101,7 @@ class Segmenter:
         wants_ov = backend == "openvino" or (
             backend == "auto" and auto_choice(available()) == "openvino"
         )
-        if wants_ov and INT8_CPU_FLAGS & (cpu_flags() or frozenset()):
+        if wants_ov and INT8_FLAGS & (cpu_flags() or frozenset()):
             try:
                 path = default_model_path(int8_name)
             except ModelError:

@@ -10,7 +10,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from hemoseg_edge.metadata import ModelMetadata
+from hemoseg_edge.model_file.metadata import ModelMetadata
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import REPO, idrid_images, make_tiny_onnx, require_data
 from PIL import Image
 
-from hemoseg_edge.metadata import ModelMetadata
+from hemoseg_edge.model_file.metadata import ModelMetadata
 
 EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_FLAGGED = 0, 1, 3, 4
 
@@ -249,7 +249,7 @@ def test_mask_png_reads_back_exactly():
     """``encode_png_mask`` writes a valid 1-bit PNG: OpenCV and PIL read the mask back."""
     import io as bio
 
-    from hemoseg_edge.io import encode_png_mask
+    from hemoseg_edge.outputs.encode import encode_png_mask
 
     rng = np.random.default_rng(0)
     for h, w in [(1, 1), (7, 13), (64, 64), (301, 999)]:
@@ -264,7 +264,7 @@ def test_mask_png_reads_back_exactly():
 def test_mask_png_from_windows_equals_full_mask():
     """A ``WindowedMask`` is packed window by window (windows at odd offsets, two sharing a
     byte, one at the right edge): the same PNG bytes as its full mask."""
-    from hemoseg_edge.io import encode_png_mask
+    from hemoseg_edge.outputs.encode import encode_png_mask
     from hemoseg_edge.result import WindowedMask
 
     rng = np.random.default_rng(1)

@@ -20,7 +20,7 @@ import pytest
 from conftest import data_root, ddb1_images, idrid_images
 
 from hemoseg_edge.cuda import KERNEL_SOURCE, REPO_ROOT
-from hemoseg_edge.io import load_image
+from hemoseg_edge.inputs import load_image
 from hemoseg_edge.preprocess import DEFAULT_INPUT_HW, area_resample, preprocess_frame
 
 TOL = 1.0 / 255.0

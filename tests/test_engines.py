@@ -19,10 +19,12 @@ import pytest
 from conftest import REPO, data_root, make_tiny_onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hemoseg_edge import engine_file, quantize
+from hemoseg_edge.build import quantize
+from hemoseg_edge.build.quantize import QdqRuleError, QuantizeError, check_trt_qdq_rules
 from hemoseg_edge.errors import BackendUnavailableError, ModelError
-from hemoseg_edge.metadata import PREFIX, ModelMetadata
-from hemoseg_edge.quantize import QdqRuleError, QuantizeError, check_trt_qdq_rules
+from hemoseg_edge.model_file import engine_header as engine_file
+from hemoseg_edge.model_file import proto_metadata
+from hemoseg_edge.model_file.metadata import PREFIX, ModelMetadata
 
 HW = (64, 64)
 ENGINES = REPO / "engines"
@@ -42,7 +44,7 @@ def _props(model: onnx.ModelProto) -> dict[str, str]:
 
 def _trt_usable() -> bool:
     try:
-        from hemoseg_edge.trt_build import require_tensorrt
+        from hemoseg_edge.backends.tensorrt import require_tensorrt
 
         require_tensorrt()
     except BackendUnavailableError:
@@ -159,7 +161,7 @@ def test_int8_unet_follows_trt_rules_and_close_to_fp32(unet_fp32, unet_int8, cal
     assert counts == {"conv": n_conv, "float_conv": 0, "quantize": n_conv, "dequantize": 2 * n_conv}
     assert not any(i.data_type == TensorProto.INT32 for i in unet_int8.graph.initializer)
     assert all(n.domain in ("", "ai.onnx") for n in unet_int8.graph.node)
-    md = quantize.model_metadata(unet_int8)
+    md = proto_metadata(unet_int8)
     assert md.precision == "int8" and md.version == "test-unet"
     assert md.extra["calibration"]["images"] == len(calib[0])
     assert md.extra["calibration"]["method"] == "ort-minmax"
@@ -171,7 +173,7 @@ def test_int8_unet_follows_trt_rules_and_close_to_fp32(unet_fp32, unet_int8, cal
 
 def test_int8_tiny_model_rules(tiny_int8):
     assert check_trt_qdq_rules(tiny_int8)["conv"] == 1
-    assert quantize.model_metadata(tiny_int8).precision == "int8"
+    assert proto_metadata(tiny_int8).precision == "int8"
 
 
 def _mutated(model: onnx.ModelProto, fn) -> onnx.ModelProto:
@@ -323,7 +325,7 @@ def test_cli_quantize_fp16_and_int8(tmp_path):
         _fundus(train / f"im{i}.png", i)
     p = _cli("quantize", str(src), "--precision", "fp16", "--out", str(tmp_path / "h.onnx"))
     assert p.returncode == 0, p.stderr
-    assert quantize.model_metadata(onnx.load(tmp_path / "h.onnx")).precision == "fp16"
+    assert proto_metadata(onnx.load(tmp_path / "h.onnx")).precision == "fp16"
     p = _cli(
         "quantize",
         str(src),
@@ -339,7 +341,7 @@ def test_cli_quantize_fp16_and_int8(tmp_path):
     assert p.returncode == 0, p.stderr
     q = onnx.load(tmp_path / "q.onnx")
     check_trt_qdq_rules(q)
-    assert quantize.model_metadata(q).extra["calibration"]["images"] == 2
+    assert proto_metadata(q).extra["calibration"]["images"] == 2
     p = _cli("quantize", str(src), "--precision", "int8", "--out", str(tmp_path / "r.onnx"))
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
     p = _cli(
@@ -418,7 +420,7 @@ def test_check_compatible_messages():
 
 
 def test_engine_cache_path_names(tmp_path):
-    from hemoseg_edge.trt_build import engine_cache_path
+    from hemoseg_edge.model_file import engine_cache_path
 
     p = engine_cache_path(tmp_path / "hemoseg_unet_v1.onnx", "Orin (nvgpu)", "10.3.0.30")
     assert p == tmp_path / "hemoseg_unet_v1.orin-nvgpu.10.3.0.30.engine"
@@ -459,8 +461,8 @@ def test_tensorrt_engine_builds_and_matches_ort(unet_fp32, unet_fp16, unet_int8,
     if not _trt_usable() or importlib.util.find_spec("pycuda") is None:
         pytest.skip("needs TensorRT and pycuda on an NVIDIA GPU")
     from hemoseg_edge.backends.tensorrt import TensorRtBackend
+    from hemoseg_edge.build.trt_engine import build_engine_file
     from hemoseg_edge.segmenter import Segmenter
-    from hemoseg_edge.trt_build import build_engine_file
 
     x = calib[0]
     for name, model, tol in (
@@ -526,7 +528,7 @@ def test_int8_keep_float_leaves_the_named_conv_in_float():
     x = np.random.default_rng(1).random((3, 1, *HW), dtype=np.float32)
     q = quantize.to_int8(model, x, keep_float=["only_conv"])
     assert not any(n.op_type == "DequantizeLinear" for n in q.graph.node)
-    assert quantize.model_metadata(q).extra["calibration"]["float_nodes"] == ["only_conv"]
+    assert proto_metadata(q).extra["calibration"]["float_nodes"] == ["only_conv"]
     assert check_trt_qdq_rules(q, allow_float_convs=True)["float_conv"] == 1
     full = quantize.to_int8(model, x)
     assert any(n.op_type == "DequantizeLinear" for n in full.graph.node)

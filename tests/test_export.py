@@ -15,7 +15,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from keras import layers  # noqa: E402
 
-from hemoseg_edge.metadata import ModelMetadata  # noqa: E402
+from hemoseg_edge.model_file.metadata import ModelMetadata  # noqa: E402
 from training import export as ex  # noqa: E402
 from training.model import build_unet  # noqa: E402
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import ddb1_images, idrid_images
 
 from hemoseg_edge import native
-from hemoseg_edge.io import load_image
+from hemoseg_edge.inputs import load_image
 from hemoseg_edge.postprocess import circle_halfwidths
 from hemoseg_edge.preprocess import (
     _area_taps,

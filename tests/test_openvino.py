@@ -11,9 +11,9 @@ from conftest import make_tiny_onnx
 
 from hemoseg_edge.backends import auto_choice, load_backend
 from hemoseg_edge.backends.onnxruntime import OnnxRuntimeBackend
-from hemoseg_edge.engines import DEFAULT_MODEL, INT8_MODEL
 from hemoseg_edge.errors import ModelError
-from hemoseg_edge.metadata import ModelMetadata
+from hemoseg_edge.model_file.metadata import ModelMetadata
+from hemoseg_edge.model_file.shipped import DEFAULT_MODEL, INT8_MODEL
 from hemoseg_edge.segmenter import Segmenter
 
 ov = pytest.importorskip("openvino")
@@ -243,7 +243,7 @@ def test_nncf_int8_runs_on_openvino(unet_onnx, tmp_path):
     pytest.importorskip("nncf")
     import onnx
 
-    from hemoseg_edge.quantize import to_int8
+    from hemoseg_edge.build.quantize import to_int8
 
     calib = np.random.default_rng(1).random((4, 1, 64, 64), dtype=np.float32)
     model = onnx.load_from_string(unet_onnx)
@@ -280,8 +280,8 @@ def test_shipped_openvino_int8_keeps_dice():
     from conftest import data_root, idrid_images, require_data
     from PIL import Image
 
-    from hemoseg_edge.engines import default_model_path
     from hemoseg_edge.metrics import Counts, confusion, dice
+    from hemoseg_edge.model_file.shipped import default_model_path
 
     require_data()
     masks = data_root() / "idrid" / "masks" / "HE" / "test"

@@ -9,7 +9,7 @@ import pytest
 from conftest import ddb1_images, idrid_images
 
 from hemoseg_edge.errors import HemosegError
-from hemoseg_edge.io import load_image
+from hemoseg_edge.inputs import load_image
 from hemoseg_edge.postprocess import (
     candidate_windows,
     find_lesions,
@@ -203,7 +203,8 @@ def test_batch_generator_can_be_abandoned(tiny_model, sample_image):
 
 def test_sample_mask_is_nearest_neighbour_of_the_full_mask(real_geometries):
     """The overlay's mask, sampled from the windows, equals sampling the full mask."""
-    from hemoseg_edge.postprocess import sample_mask, threshold_windows
+    from hemoseg_edge.outputs.overlay import sample_mask
+    from hemoseg_edge.postprocess import threshold_windows
 
     for g in real_geometries:
         wm = threshold_windows(prob_maps()["blobs"], g, 0.5)
@@ -239,7 +240,7 @@ def test_image_score_needs_a_lesion_not_a_pixel():
 def test_result_verdict_follows_the_models_operating_point(tiny_model, sample_image, tmp_path):
     from conftest import make_tiny_onnx
 
-    from hemoseg_edge.metadata import ModelMetadata
+    from hemoseg_edge.model_file.metadata import ModelMetadata
 
     plain = Segmenter.from_engine(tiny_model).segment(sample_image)
     assert 0.0 < plain.image_score <= 1.0  # the tiny model marks dark pixels: some are in the FOV
@@ -256,7 +257,7 @@ def test_result_verdict_follows_the_models_operating_point(tiny_model, sample_im
 
 def test_image_threshold_is_validated():
     from hemoseg_edge.errors import ModelError
-    from hemoseg_edge.metadata import ModelMetadata
+    from hemoseg_edge.model_file.metadata import ModelMetadata
 
     props = ModelMetadata(version="t", image_threshold=0.3).to_props()
     assert ModelMetadata.from_props(props).image_threshold == 0.3

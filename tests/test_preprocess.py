@@ -8,7 +8,7 @@ import pytest
 from conftest import data_root, ddb1_images, idrid_images, require_data
 from PIL import Image
 
-from hemoseg_edge.io import load_image
+from hemoseg_edge.inputs import load_image
 from hemoseg_edge.preprocess import (
     area_resample,
     area_weights,

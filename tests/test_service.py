@@ -426,7 +426,7 @@ def test_dicom_listener_stores_and_processes_over_loopback(tmp_path, tiny_model,
 
 
 def test_decode_dicom_without_pydicom_names_the_extra(monkeypatch):
-    from hemoseg_edge.dicom import decode_dicom
+    from hemoseg_edge.inputs.dicom import decode_dicom
 
     monkeypatch.setitem(sys.modules, "pydicom", None)
     with pytest.raises(InputImageError, match=r"\[service\]"):

@@ -13,7 +13,7 @@ from conftest import REPO
 STUBS = REPO / ".typings" / "tensorrt" / "__init__.pyi"
 CHECKED = (
     "hemoseg_edge/backends/tensorrt.py",
-    "hemoseg_edge/trt_build.py",
+    "hemoseg_edge/build/trt_engine.py",
     "hemoseg_edge/cuda/gpu.py",
 )
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hemoseg_edge.io import load_image
+from hemoseg_edge.inputs import load_image
 from hemoseg_edge.preprocess import (
     DEFAULT_INPUT_HW,
     Geometry,

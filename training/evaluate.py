@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 
 from hemoseg_edge import metrics as M
-from hemoseg_edge.engines import DEFAULT_MODEL
+from hemoseg_edge.model_file.shipped import DEFAULT_MODEL
 from hemoseg_edge.preprocess import preprocess_mask
 from hemoseg_edge.segmenter import Segmenter
 from training.data import ddb1_items, idrid_items, load_cached, read_mask
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
-        from hemoseg_edge.io import atomic_write_bytes
+        from hemoseg_edge.files import atomic_write_bytes
 
         atomic_write_bytes(args.out, (text + "\n").encode())
     return 0

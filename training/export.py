@@ -20,7 +20,7 @@ converter never guesses. Weights are written as float32 whatever the training pr
 
 The graph input is ``image`` (N, 1, H, W) float32 (the preprocessed green channel, x/255), the
 output ``probability`` (N, 1, H, W) float32; N is 1 unless ``batch`` says otherwise. The model
-metadata (``hemoseg_edge.metadata.ModelMetadata``) travels in ``metadata_props``.
+metadata (``hemoseg_edge.model_file.metadata.ModelMetadata``) travels in ``metadata_props``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from hemoseg_edge.io import atomic_write_bytes
-from hemoseg_edge.metadata import PREFIX, ModelMetadata
+from hemoseg_edge.files import atomic_write_bytes
+from hemoseg_edge.model_file.metadata import PREFIX, ModelMetadata
 
 if TYPE_CHECKING:  # pragma: no cover
     import keras

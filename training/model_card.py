@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", action="append", required=True, help="NAME=EVAL[,QUANT[,RUN]]")
     p.add_argument("--out", type=Path, default=ENGINES / "MODEL_CARD.md")
     args = p.parse_args(argv)
-    from hemoseg_edge.engines import read_manifest
+    from hemoseg_edge.model_file.shipped import read_manifest
 
     entries = [parse_model(s) for s in args.model]
     args.out.write_text(render(entries, read_manifest(ENGINES)))

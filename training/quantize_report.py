@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hemoseg_edge.io import load_image
+from hemoseg_edge.inputs import load_image
 from hemoseg_edge.metrics import Counts, confusion, dice, iou
 from hemoseg_edge.segmenter import Segmenter
 from training.data import Item, idrid_items, read_mask

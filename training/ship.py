@@ -33,8 +33,8 @@ def set_metadata(onnx_path: Path, **values) -> None:
     """Rewrite ``hemoseg.<key>`` metadata values of an ONNX file in place (atomically)."""
     import onnx
 
-    from hemoseg_edge.io import atomic_write_bytes
-    from hemoseg_edge.metadata import PREFIX
+    from hemoseg_edge.files import atomic_write_bytes
+    from hemoseg_edge.model_file.metadata import PREFIX
 
     model = onnx.load(str(onnx_path))
     props = {p.key: p for p in model.metadata_props}
@@ -57,8 +57,8 @@ def save_weights_only(arch: str, input_hw, src: Path, dst: Path) -> None:
 
 
 def update_manifest(path: Path, entry: dict) -> None:
-    from hemoseg_edge.engines import MANIFEST, read_manifest, sha256_bytes
-    from hemoseg_edge.io import atomic_write_bytes
+    from hemoseg_edge.files import atomic_write_bytes
+    from hemoseg_edge.model_file.shipped import MANIFEST, read_manifest, sha256_bytes
 
     manifest = read_manifest(path.parent) or {"files": {}}
     data = path.read_bytes()
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-    from hemoseg_edge.engines import read_manifest
-    from hemoseg_edge.metadata import ModelMetadata
+    from hemoseg_edge.model_file.metadata import ModelMetadata
+    from hemoseg_edge.model_file.shipped import read_manifest
     from hemoseg_edge.segmenter import Segmenter
     from training.data import VAL_IDS, idrid_items, load_cached
     from training.evaluate import tune_threshold

@@ -6,10 +6,13 @@ imported lazily so that a missing optional runtime (OpenVINO, TensorRT) costs no
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 from ..errors import BackendUnavailableError, HemosegError
 from .base import Backend, InputSpec
 
-NAMES = ("auto", "onnxruntime", "openvino", "tensorrt")
+BackendName = Literal["auto", "onnxruntime", "openvino", "tensorrt"]
+NAMES: tuple[str, ...] = get_args(BackendName)
 
 
 def available() -> list[str]:
@@ -37,7 +40,11 @@ def auto_choice(found: list[str], machine: str | None = None) -> str:
 
 
 def load_backend(
-    name: str, model: bytes, source: str = "model", throughput: bool = False, **kw
+    name: BackendName | str,
+    model: bytes,
+    source: str = "model",
+    throughput: bool = False,
+    **kw,
 ) -> Backend:
     """``throughput``: tune for many images at once (OpenVINO streams that run in parallel,
     ``Backend.concurrency`` > 1) rather than for the latency of one."""
@@ -74,4 +81,12 @@ def load_backend(
     return TensorRtBackend(model, source, **kw)
 
 
-__all__ = ["Backend", "InputSpec", "NAMES", "auto_choice", "available", "load_backend"]
+__all__ = [
+    "Backend",
+    "BackendName",
+    "InputSpec",
+    "NAMES",
+    "auto_choice",
+    "available",
+    "load_backend",
+]

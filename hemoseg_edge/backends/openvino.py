@@ -21,23 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cpu import BF16_FLAGS, cpu_flags
 from ..errors import BackendUnavailableError, ModelError
 from .base import Backend, InputSpec
 
-BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 _ALIASES = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
-    """The CPU feature flags from ``/proc/cpuinfo`` (None where that cannot be read)."""
-    try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return None
 
 
 def choose_precision(

@@ -18,26 +18,62 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import engine_file
-from ..errors import ModelError
-from ..trt_build import (
-    DEFAULT_WORKSPACE_MB,
-    cached_engine,
-    dims,
-    gpu_identity,
-    require_pycuda,
-    require_tensorrt,
-)
+from ..errors import BackendUnavailableError, ModelError
+from ..model_file import engine_header
 from .base import Backend, InputSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorrt as trt
 
 
+def require_tensorrt() -> str:
+    """TensorRT's version; ``BackendUnavailableError`` when its Python package is missing."""
+    try:
+        import tensorrt as trt
+    except ImportError:
+        raise BackendUnavailableError(
+            "TensorRT is not installed: on Jetson use JetPack's python3-libnvinfer "
+            "(see docs/jetson.md)"
+        ) from None
+    if not hasattr(trt, "Builder"):  # e.g. only type stubs on the path: a namespace package
+        raise BackendUnavailableError("the 'tensorrt' module found is not TensorRT's bindings")
+    return str(trt.__version__)
+
+
+def require_pycuda():
+    """``pycuda.driver``, initialised; ``BackendUnavailableError`` when pycuda is missing."""
+    try:
+        import pycuda.driver as cuda
+    except ImportError:
+        raise BackendUnavailableError(
+            "the TensorRT backend needs pycuda: CUDA_ROOT=/usr/local/cuda pip install pycuda"
+        ) from None
+    try:
+        cuda.init()
+    except cuda.Error as e:
+        raise BackendUnavailableError(f"CUDA is not usable: {e}") from None
+    return cuda
+
+
+def gpu_identity(device: int = 0) -> tuple[str, str]:
+    """(GPU name, compute capability as "major.minor") of CUDA device ``device``."""
+    cuda = require_pycuda()
+    if device >= cuda.Device.count():
+        raise BackendUnavailableError(f"no CUDA device {device} (found {cuda.Device.count()})")
+    dev = cuda.Device(device)
+    major, minor = dev.compute_capability()
+    return str(dev.name()), f"{major}.{minor}"
+
+
+def dims(d: trt.Dims) -> tuple[int, ...]:
+    """A TensorRT ``Dims`` as a tuple (indexing, which every TensorRT version supports)."""
+    return tuple(int(d[i]) for i in range(len(d)))
+
+
 class TensorRtBackend(Backend):
     """One engine, one execution context, one stream; static batch 1 (larger batches run image
-    by image). ``model`` is an engine file's bytes (header + plan) or ONNX bytes (built, and
-    cached beside ``source`` as ``model.<gpu>.<trt version>.engine``)."""
+    by image). ``model`` is an engine file's bytes (header + plan); ``Segmenter.from_engine``
+    builds (and caches) one from an ONNX model with ``build.trt_engine.cached_engine``."""
 
     name = "tensorrt"
 
@@ -47,17 +83,15 @@ class TensorRtBackend(Backend):
         source: str = "model",
         *,
         device: int = 0,
-        workspace_mb: int = DEFAULT_WORKSPACE_MB,
         **_: Any,
     ) -> None:
         trt_version = require_tensorrt()
         cuda = require_pycuda()
         gpu_name, cc = gpu_identity(device)
-        if not engine_file.is_engine(model):
-            model = cached_engine(model, source, workspace_mb, device)
-            source = f"{source} (engine built for {gpu_name})"
-        header, plan = engine_file.split(model, source)
-        engine_file.check_compatible(header, trt_version, gpu_name, cc, source)
+        if not engine_header.is_engine(model):
+            raise ModelError(f"{source}: not a hemoseg engine file (build one: build-engine)")
+        header, plan = engine_header.split(model, source)
+        engine_header.check_compatible(header, trt_version, gpu_name, cc, source)
         self._cuda = cuda
         self._ctx = cuda.Device(device).retain_primary_context()
         self._ctx.push()

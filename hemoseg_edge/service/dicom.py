@@ -9,14 +9,13 @@ returned, so a camera may delete its copy once it has our answer.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import threading
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
+from .config import ListenerConfig, ServiceConfig
 from .folders import Layout, fsync_dir
 from .log import log
 from .status import Status
@@ -67,7 +66,7 @@ def file_name(sop_instance_uid: object) -> str:
     return (uid if _UID.fullmatch(uid) and len(uid) <= 64 else uuid.uuid4().hex) + ".dcm"
 
 
-def start_listener(args: argparse.Namespace, layout: Layout, status: Status) -> Callable[[], None]:
+def start_listener(args: ListenerConfig, layout: Layout, status: Status) -> Callable[[], None]:
     """Start the SCP in background threads; returns the function that stops it."""
     try:
         from pynetdicom import AE, evt
@@ -148,6 +147,6 @@ def start_listener(args: argparse.Namespace, layout: Layout, status: Status) -> 
     return server.shutdown
 
 
-def run_dicom_listen(args: argparse.Namespace) -> int:
-    in_dir = Path(args.in_dir) if args.in_dir else Path(args.out) / "incoming"
-    return serve(args, in_dir, lambda layout, status: start_listener(args, layout, status))
+def run_dicom_listen(config: ServiceConfig, listener: ListenerConfig) -> int:
+    """``dicom-listen``: the watch loop on ``config.in_dir`` plus the C-STORE receiver."""
+    return serve(config, lambda layout, status: start_listener(listener, layout, status))

@@ -18,18 +18,19 @@ import os
 import re
 from pathlib import Path
 
-from ..errors import HemosegError
-from ..io import atomic_write_bytes
+from ..errors import EXIT_USAGE, HemosegError
+from ..files import atomic_write_bytes
+from ..outputs import output_names
 
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".swp", ".lock")
-_OUR_TEMP = re.compile(r"^\..+\.tmp(\.[^.]*)?$")  # io.atomic_write's names
+_OUR_TEMP = re.compile(r"^\..+\.tmp(\.[^.]*)?$")  # files.atomic_write's names
 _CRASH_AT = os.environ.get("HEMOSEG_TEST_CRASH_AT", "")  # tests only: "step[,step...]"
 
 
 class SetupError(HemosegError):
     """The folders cannot be used (not creatable, not on one filesystem)."""
 
-    exit_code = 2
+    exit_code = EXIT_USAGE
 
 
 def crashpoint(step: str) -> None:
@@ -52,8 +53,6 @@ def fsync_dir(path: Path) -> None:
 
 
 def result_names(name: str) -> tuple[str, str, str]:
-    from ..cli import output_names
-
     return output_names(name)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import HemosegError
+from ..outputs import render_outputs
 
 
 class WorkQueue:
@@ -110,8 +111,6 @@ class Processor:
 
     def work(self, path: Path, name: str) -> Outcome:
         """Never raises: every problem becomes a failed ``Outcome`` with a one-line reason."""
-        from ..cli import render_outputs
-
         t0 = time.perf_counter()
         try:
             st = os.stat(path)

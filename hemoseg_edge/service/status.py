@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from ..io import atomic_write_bytes
+from ..files import atomic_write_bytes
 
 STATUS_NAME = "status.json"
 

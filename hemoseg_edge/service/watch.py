@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import signal
@@ -13,13 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import HemosegError
+from ..errors import EXIT_IO, EXIT_MODEL, EXIT_OK, EXIT_STUCK, EXIT_USAGE, HemosegError
+from .config import ServiceConfig
 from .folders import Layout, SetupError, crashpoint, is_candidate
 from .log import install_hooks, log
 from .queue import Outcome, Processor, WorkQueue
 from .status import Status
 
-EXIT_OK, EXIT_USAGE, EXIT_MODEL, EXIT_IO, EXIT_STUCK = 0, 2, 3, 74, 75
 MAX_STUCK = 2
 _F_SETLEASE = 1024  # Linux fcntl commands (fcntl module constants are optional)
 _F_RDLCK, _F_UNLCK = 0, 2
@@ -298,11 +297,11 @@ def _ignore_sigio() -> bool:
     return True
 
 
-def serve(args: argparse.Namespace, in_dir: Path, start_extra: Callable | None = None) -> int:
+def serve(config: ServiceConfig, start_extra: Callable | None = None) -> int:
     """Set up folders, model and (optionally) a listener, then run the service loop."""
     install_hooks()
     try:
-        layout = Layout.create(in_dir, args.out)
+        layout = Layout.create(config.in_dir, config.out)
     except SetupError as e:
         log("fatal", "error", msg=e)
         return EXIT_USAGE
@@ -312,7 +311,7 @@ def serve(args: argparse.Namespace, in_dir: Path, start_extra: Callable | None =
 
     try:
         seg = Segmenter.from_engine(
-            args.model, backend=args.backend, allow_defaults=args.assume_defaults
+            config.model, backend=config.backend, allow_defaults=config.assume_defaults
         )
     except HemosegError as e:
         log("fatal", "error", error_type=type(e).__name__, msg=e)
@@ -329,12 +328,12 @@ def serve(args: argparse.Namespace, in_dir: Path, start_extra: Callable | None =
     )
     service = Service(
         layout,
-        Processor(seg, args.timeout, args.overlay_max_side),
+        Processor(seg, config.timeout, config.overlay_max_side),
         status,
-        args.settle,
-        args.rescan,
-        args.queue_size,
-        not args.no_inotify,
+        config.settle,
+        config.rescan,
+        config.queue_size,
+        config.inotify,
     )
     stop_extra = None
     if start_extra is not None:
@@ -348,7 +347,3 @@ def serve(args: argparse.Namespace, in_dir: Path, start_extra: Callable | None =
     finally:
         if stop_extra is not None:
             stop_extra()
-
-
-def run_watch(args: argparse.Namespace) -> int:
-    return serve(args, Path(args.in_dir))

@@ -37,12 +37,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .errors import HemosegError, ModelError
-from .metadata import PREFIX, ModelMetadata
+from ..errors import HemosegError, ModelError
+from ..files import atomic_write_bytes
+from ..inputs import IMAGE_SUFFIXES, load_image
+from ..model_file import ModelMetadata, onnx_metadata, proto_metadata, read_model
+from ..model_file.metadata import PREFIX
+from ..preprocess import preprocess_frame
 
 PRECISIONS = ("fp16", "int8")
 METHODS = ("ort", "modelopt", "nncf")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp")
 DEFAULT_CALIB_COUNT = 16
 # Ops whose kernels are type-polymorphic over float16: the FP16 pass refuses anything else.
 FP16_OPS = frozenset(
@@ -79,11 +82,6 @@ class QdqRuleError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def model_metadata(model: onnx.ModelProto, source: str = "model") -> ModelMetadata:
-    props = {p.key: p.value for p in model.metadata_props}
-    return ModelMetadata.from_props(props, source)
-
-
 def _set_precision(
     model: onnx.ModelProto, original: onnx.ModelProto, precision: str, extra: dict | None = None
 ) -> None:
@@ -100,7 +98,7 @@ def _set_precision(
 
 
 def _require_fp32(model: onnx.ModelProto, source: str) -> ModelMetadata:
-    md = model_metadata(model, source)
+    md = proto_metadata(model, source)
     if md.precision != "fp32":
         raise QuantizeError(f"{source}: model precision is {md.precision}; start from the fp32 one")
     return md
@@ -223,8 +221,6 @@ def calibration_images(sources: Iterable[str | os.PathLike], count: int) -> list
 
 def calibration_batch(paths: Sequence[str | os.PathLike], input_hw: tuple[int, int]) -> np.ndarray:
     """(N, 1, H, W) float32 model inputs through the runtime's one preprocessing truth."""
-    from .io import load_image
-    from .preprocess import preprocess_frame
 
     tensors = []
     for p in paths:
@@ -532,9 +528,6 @@ def quantize_file(
     keep_float: Sequence[str] = (),
 ) -> QuantizeReport:
     """Read an FP32 hemoseg ONNX file, convert it, check it, write it atomically."""
-    from .io import atomic_write_bytes
-    from .segmenter import onnx_metadata, read_model
-
     if precision not in PRECISIONS:
         raise QuantizeError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
     data, kind = read_model(src)
@@ -554,7 +547,7 @@ def quantize_file(
         result = to_int8(
             model, batch, method=method, calib_info=info, source=str(src), keep_float=keep_float
         )
-        info = model_metadata(result).extra["calibration"]
+        info = proto_metadata(result).extra["calibration"]
     blob = result.SerializeToString()
     atomic_write_bytes(out, blob)
     return QuantizeReport(Path(out), precision, len(blob), info)

@@ -6,7 +6,7 @@ Written against TensorRT 10's documented Python API so that it also runs on Tens
 strongly typed network (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; no EXPLICIT_BATCH, which
 11 removed; no FP16/INT8 builder flags or calibrators: precision comes from the ONNX types and
 its Q/DQ nodes), ``OnnxParser``, a workspace pool limit, one fixed-shape optimization profile,
-``build_serialized_network``. The plan is wrapped by ``engine_file.pack`` with the model metadata,
+``build_serialized_network``. The plan is wrapped by ``engine_header.pack`` with the model metadata,
 TensorRT version, GPU name and compute capability, precision and the ONNX sha256.
 
 **Not run on a GPU here**: written against the documented API and type-checked against
@@ -22,74 +22,15 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import engine_file
-from .errors import BackendUnavailableError, ModelError
+from ..backends.tensorrt import dims, gpu_identity, require_tensorrt
+from ..errors import ModelError
+from ..files import atomic_write_bytes
+from ..model_file import engine_cache_path, engine_header, onnx_metadata, read_model
 
 if TYPE_CHECKING:  # pragma: no cover
     import tensorrt as trt
 
 DEFAULT_WORKSPACE_MB = 1024
-CACHE_ENV = "HEMOSEG_ENGINE_CACHE"
-
-
-def require_tensorrt() -> str:
-    """TensorRT's version; ``BackendUnavailableError`` when its Python package is missing."""
-    try:
-        import tensorrt as trt
-    except ImportError:
-        raise BackendUnavailableError(
-            "TensorRT is not installed: on Jetson use JetPack's python3-libnvinfer "
-            "(see docs/jetson.md)"
-        ) from None
-    if not hasattr(trt, "Builder"):  # e.g. only type stubs on the path: a namespace package
-        raise BackendUnavailableError("the 'tensorrt' module found is not TensorRT's bindings")
-    return str(trt.__version__)
-
-
-def require_pycuda():
-    """``pycuda.driver``, initialised; ``BackendUnavailableError`` when pycuda is missing."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError:
-        raise BackendUnavailableError(
-            "the TensorRT backend needs pycuda: CUDA_ROOT=/usr/local/cuda pip install pycuda"
-        ) from None
-    try:
-        cuda.init()
-    except cuda.Error as e:
-        raise BackendUnavailableError(f"CUDA is not usable: {e}") from None
-    return cuda
-
-
-def gpu_identity(device: int = 0) -> tuple[str, str]:
-    """(GPU name, compute capability as "major.minor") of CUDA device ``device``."""
-    cuda = require_pycuda()
-    if device >= cuda.Device.count():
-        raise BackendUnavailableError(f"no CUDA device {device} (found {cuda.Device.count()})")
-    dev = cuda.Device(device)
-    major, minor = dev.compute_capability()
-    return str(dev.name()), f"{major}.{minor}"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "gpu"
-
-
-def engine_cache_path(onnx_path: str | os.PathLike, gpu_name: str, trt_version: str) -> Path:
-    """``model.<gpu>.<trt version>.engine`` beside the ONNX, or under ``$HEMOSEG_ENGINE_CACHE``
-    (default ``~/.cache/hemoseg-edge/engines``) when that folder is not writable."""
-    p = Path(onnx_path)
-    name = f"{p.stem}.{_slug(gpu_name)}.{_slug(trt_version)}.engine"
-    folder = p.parent if os.access(p.parent, os.W_OK) else None
-    if folder is None:
-        env = os.environ.get(CACHE_ENV)
-        folder = Path(env) if env else Path.home() / ".cache" / "hemoseg-edge" / "engines"
-    return folder / name
-
-
-def dims(d: trt.Dims) -> tuple[int, ...]:
-    """A TensorRT ``Dims`` as a tuple (indexing, which every TensorRT version supports)."""
-    return tuple(int(d[i]) for i in range(len(d)))
 
 
 def _parse_error(parser: trt.OnnxParser) -> str:
@@ -131,8 +72,6 @@ def build_engine(
     device: int = 0,
 ) -> bytes:
     """An engine file (``engine_file`` header + plan) for ``onnx_bytes`` on this GPU."""
-    from .segmenter import onnx_metadata
-
     md = onnx_metadata(onnx_bytes, source)
     trt_version = require_tensorrt()
     gpu_name, cc = gpu_identity(device)
@@ -146,16 +85,13 @@ def build_engine(
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
         "source_onnx": os.path.basename(source),
     }
-    return engine_file.pack(header, plan)
+    return engine_header.pack(header, plan)
 
 
 def build_engine_file(
     onnx_path: str | os.PathLike, out: str | os.PathLike, workspace_mb: int = DEFAULT_WORKSPACE_MB
 ) -> Path:
     """``build-engine``: read the ONNX, build, write ``out`` atomically."""
-    from .io import atomic_write_bytes
-    from .segmenter import read_model
-
     data, kind = read_model(onnx_path)
     if kind != "onnx":
         raise ModelError(f"{onnx_path}: is already an engine file; pass the ONNX model")
@@ -168,8 +104,6 @@ def cached_engine(
 ) -> bytes:
     """The engine for ``onnx_bytes``: reused from ``engine_cache_path`` when it was built from
     the same ONNX by this TensorRT on this GPU, else built and written there (best effort)."""
-    from .io import atomic_write_bytes
-
     trt_version = require_tensorrt()
     gpu_name, cc = gpu_identity(device)
     sha = hashlib.sha256(onnx_bytes).hexdigest()
@@ -177,8 +111,8 @@ def cached_engine(
     if path is not None and path.is_file():
         try:
             data = path.read_bytes()
-            header, _ = engine_file.split(data, str(path))
-            engine_file.check_compatible(header, trt_version, gpu_name, cc, str(path))
+            header, _ = engine_header.split(data, str(path))
+            engine_header.check_compatible(header, trt_version, gpu_name, cc, str(path))
             if header["onnx_sha256"] == sha:
                 return data
         except (OSError, ModelError):

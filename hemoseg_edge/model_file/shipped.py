@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
 
 # Model v2 (MobileNetV2-encoder U-Net at 1120x1152, engines/MODEL_CARD.md); shipped as the
 # default because it beat v1 on validation
@@ -32,7 +32,7 @@ def engines_dirs() -> list[Path]:
     dirs = []
     if os.environ.get("HEMOSEG_ENGINES"):
         dirs.append(Path(os.environ["HEMOSEG_ENGINES"]))
-    dirs.append(Path(__file__).resolve().parent.parent / "engines")
+    dirs.append(Path(__file__).resolve().parents[2] / "engines")
     dirs.append(Path(sys.prefix) / "share" / "hemoseg-edge" / "engines")
     return dirs
 

@@ -14,8 +14,8 @@ import io
 
 import numpy as np
 
-from .errors import InputImageError
-from .io import MIN_SIDE, LoadedImage
+from ..errors import InputImageError
+from .base import MIN_SIDE, LoadedImage
 
 METADATA_KEYWORDS = (
     "PatientID",

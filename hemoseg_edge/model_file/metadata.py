@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from .errors import ModelError
-from .preprocess import DEFAULT_INPUT_HW, spec_sha256
+from ..errors import ModelError
+from ..preprocess import DEFAULT_INPUT_HW, spec_sha256
 
 PREFIX = "hemoseg."
 NO_IMAGE_THRESHOLD = -1.0

@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
 import struct
+from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
 
 MAGIC = b"HSEGTRT1"
+CACHE_ENV = "HEMOSEG_ENGINE_CACHE"
 _LEN = struct.Struct("<I")
 REQUIRED = (
     "metadata",
@@ -79,3 +83,19 @@ def check_compatible(
             f"{source}: built for {header['gpu_name']} (sm {header['compute_capability']}), "
             f"this is {gpu_name} (sm {compute_capability}); " + rebuild
         )
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "gpu"
+
+
+def engine_cache_path(onnx_path: str | os.PathLike, gpu_name: str, trt_version: str) -> Path:
+    """``model.<gpu>.<trt version>.engine`` beside the ONNX, or under ``$HEMOSEG_ENGINE_CACHE``
+    (default ``~/.cache/hemoseg-edge/engines``) when that folder is not writable."""
+    p = Path(onnx_path)
+    name = f"{p.stem}.{_slug(gpu_name)}.{_slug(trt_version)}.engine"
+    folder = p.parent if os.access(p.parent, os.W_OK) else None
+    if folder is None:
+        env = os.environ.get(CACHE_ENV)
+        folder = Path(env) if env else Path.home() / ".cache" / "hemoseg-edge" / "engines"
+    return folder / name
