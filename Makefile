@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?=
 
-.PHONY: demo test bench card build lint typecheck pytest clean
+.PHONY: demo test bench card build lint typecheck pytest gpu-check clean system-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.runtime: $(BIN)/python pyproject.toml setup.py hemoseg_edge/_native.cpp
 	touch $@
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml setup.py hemoseg_edge/_native.cpp
-	$(BIN)/pip install -q -e ".[dev,train,openvino,nncf,service,engines]"
+	$(BIN)/pip install -q -e ".[dev,train,openvino,nncf,service,http,archive,engines]"
 	$(BIN)/python tools/install_trt_stubs.py
 	touch $@ $(VENV)/.runtime
 
@@ -38,8 +38,27 @@ typecheck: $(VENV)/.dev
 pytest: $(VENV)/.dev build
 	HEMOSEG_REQUIRE_NATIVE=1 $(BIN)/python -m pytest -q
 
-## test: dev venv, kernel build, lint, type check of the TensorRT/pycuda code, all tests
-test: lint typecheck pytest
+## system-deps: Debian packages the tests use (Orthanc, the PACS of tests/test_pacs.py; headless
+## Chromium for tests/test_html_report.py); once, only the missing ones, only as root with
+## apt-get, skipped quietly when installed or not possible
+system-deps:
+	@need=""; command -v Orthanc >/dev/null 2>&1 || need="$$need orthanc"; \
+	command -v chromium >/dev/null 2>&1 || need="$$need chromium"; \
+	if [ -z "$$need" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$need \
+	  || echo "system-deps: could not install$$need; the tests that need them will skip"; \
+	fi
+
+## test: Debian packages, dev venv, kernel build, lint, TensorRT/pycuda type check, all tests
+test: system-deps lint typecheck pytest
+
+## gpu-check: on an NVIDIA GPU, every GPU test plus the kernel's parity/speed and TensorRT
+## parity, printing what was proved; without a GPU it lists what it would prove and what is
+## missing (GPU_CHECK_ARGS=--dry-run: only that, exit 0)
+GPU_CHECK_ARGS ?=
+gpu-check: $(VENV)/.dev build
+	$(BIN)/python tools/gpu_check.py $(GPU_CHECK_ARGS)
 
 ## bench: full benchmark suite, then regenerate BENCHMARKS.md
 bench: $(VENV)/.dev build

@@ -1,15 +1,12 @@
 // Native CPU kernels for the hot loops of hemoseg_edge.preprocess / .postprocess.
 //
 // Each function reproduces, bit for bit, a computation whose reference lives elsewhere:
-//   hs_area_max3     cv2.resize(frame, (sw, sh), INTER_AREA) (non-integer scale), then the
-//                    per-pixel max over the 3 channels            (preprocess.find_fov)
 //   hs_area_resample preprocess.area_resample on a uint8 plane   (taps computed in Python)
 //   hs_back_map_ge_windows
 //                    preprocess.back_map(...) >= threshold inside the FOV disc's row spans,
 //                    for every lesion window in one call      (postprocess.threshold_windows)
 //   hs_components    8-connected components with area, bounding box and coordinate sums, as
 //                    cv2.connectedComponentsWithStats gives them  (postprocess.find_lesions)
-//   hs_use_simd      switches hs_area_max3 between its AVX2 and scalar code (for the tests)
 // Bit equality rests on doing the same IEEE float32 operations in the same order: build with
 // -ffp-contract=off (no fused multiply-add) and without -ffast-math. tests/test_native.py
 // compares every function with its reference on real IDRiD frames and random inputs.
@@ -24,45 +21,8 @@
 #include <memory>
 #include <vector>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#include <immintrin.h>
-#define HS_X86_DISPATCH 1
-#endif
 
 namespace {
-
-struct Tap {
-    int di;  // destination index (already multiplied by the channel count)
-    int si;  // source index (likewise)
-    float alpha;
-};
-
-// OpenCV's computeResizeAreaTab (imgproc/src/resize.cpp), same double arithmetic.
-int area_tab(int ssize, int dsize, int cn, double scale, std::vector<Tap>& tab) {
-    tab.clear();
-    for (int dx = 0; dx < dsize; dx++) {
-        double fsx1 = dx * scale;
-        double fsx2 = fsx1 + scale;
-        double cell = std::min(scale, ssize - fsx1);
-        int sx1 = static_cast<int>(std::ceil(fsx1));
-        int sx2 = static_cast<int>(std::floor(fsx2));
-        sx2 = std::min(sx2, ssize - 1);
-        sx1 = std::min(sx1, sx2);
-        if (sx1 - fsx1 > 1e-3)
-            tab.push_back({dx * cn, (sx1 - 1) * cn, static_cast<float>((sx1 - fsx1) / cell)});
-        for (int sx = sx1; sx < sx2; sx++)
-            tab.push_back({dx * cn, sx * cn, static_cast<float>(1.0 / cell)});
-        if (fsx2 - sx2 > 1e-3)
-            tab.push_back({dx * cn, sx2 * cn,
-                           static_cast<float>(std::min(std::min(fsx2 - sx2, 1.), cell) / cell)});
-    }
-    return static_cast<int>(tab.size());
-}
-
-inline uint8_t saturate_u8(float v) {  // cv::saturate_cast<uchar>(float): round half to even
-    int i = static_cast<int>(std::lrintf(v));
-    return static_cast<uint8_t>(std::min(255, std::max(0, i)));
-}
 
 // One axis of preprocess._bilinear_taps, same float64 arithmetic: for pixels start..stop-1,
 // u = (X + 0.5 - box0) / scale - 0.5; samples floor(u) + 1 and + 2 of the padded map (clipped
@@ -86,164 +46,9 @@ void bilinear_taps(int start, int stop, double box0, double scale, int n, std::v
     }
 }
 
-// Horizontal sums of one source row for hs_area_max3, outputs begin .. width-1:
-// buf[i] = ((0 + row[s0[i]] * a0[i]) + row[s1[i]] * a1[i]) + ..., K taps (tap k's sources and
-// weights at src_k + k * width, alpha_k + k * width).
-void hsum_row(const float* row, const int* src_k, const float* alpha_k, int K, int width,
-              float* buf, int begin) {
-    for (int i = begin; i < width; i++) {
-        float acc = 0.0f;
-        for (int k = 0; k < K; k++)
-            acc = acc + row[src_k[k * width + i]] * alpha_k[k * width + i];
-        buf[i] = acc;
-    }
-}
-
-#ifdef HS_X86_DISPATCH
-// The same operations, 8 values at a time (AVX2 gathers; separate multiply and add, no FMA).
-__attribute__((target("avx2"))) void hsum_row_avx2(const float* row, const int* src_k,
-                                                   const float* alpha_k, int K, int width,
-                                                   float* buf, int begin) {
-    int i = begin;
-    for (; i + 8 <= width; i += 8) {
-        __m256 acc = _mm256_setzero_ps();
-        for (int k = 0; k < K; k++) {
-            const __m256i idx =
-                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src_k + k * width + i));
-            const __m256 g = _mm256_i32gather_ps(row, idx, 4);
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(g, _mm256_loadu_ps(alpha_k + k * width + i)));
-        }
-        _mm256_storeu_ps(buf + i, acc);
-    }
-    hsum_row(row, src_k, alpha_k, K, width, buf, i);
-}
-#endif
-
-// One output row of hs_area_max3: d[dx] = max over the 3 channels of saturate_u8(sum[...]).
-void flush_row(const float* sum, int dw, uint8_t* d) {
-    for (int dx = 0; dx < dw; dx++) {
-        const uint8_t b = saturate_u8(sum[dx * 3]), g = saturate_u8(sum[dx * 3 + 1]);
-        const uint8_t r = saturate_u8(sum[dx * 3 + 2]);
-        d[dx] = std::max(std::max(b, g), r);
-    }
-}
-
-#ifdef HS_X86_DISPATCH
-// The same: cvtps2dq rounds half to even under the default rounding mode, as lrintf does.
-__attribute__((target("avx2"))) void flush_row_avx2(const float* sum, int dw, uint8_t* d) {
-    const int width = dw * 3;
-    int32_t v[24];
-    int dx = 0;
-    const __m256i lo = _mm256_setzero_si256(), hi = _mm256_set1_epi32(255);
-    for (; (dx + 8) * 3 <= width; dx += 8) {  // 8 pixels = 24 values = 3 vectors
-        for (int q = 0; q < 3; q++) {
-            __m256i x = _mm256_cvtps_epi32(_mm256_loadu_ps(sum + dx * 3 + q * 8));
-            x = _mm256_min_epi32(_mm256_max_epi32(x, lo), hi);
-            _mm256_storeu_si256(reinterpret_cast<__m256i*>(v + q * 8), x);
-        }
-        for (int p = 0; p < 8; p++) {
-            const int m = std::max(std::max(v[3 * p], v[3 * p + 1]), v[3 * p + 2]);
-            d[dx + p] = static_cast<uint8_t>(m);
-        }
-    }
-    flush_row(sum + dx * 3, dw - dx, d + dx);
-}
-#endif
-
-using HsumFn = void (*)(const float*, const int*, const float*, int, int, float*, int);
-
-using FlushFn = void (*)(const float*, int, uint8_t*);
-
-#ifdef HS_X86_DISPATCH
-bool has_avx2() {
-    __builtin_cpu_init();  // runs from a static initialiser
-    return __builtin_cpu_supports("avx2");
-}
-// the AVX2 variants where the CPU has AVX2 (hs_use_simd switches, for the tests)
-HsumFn g_hsum = has_avx2() ? hsum_row_avx2 : hsum_row;
-FlushFn g_flush = has_avx2() ? flush_row_avx2 : flush_row;
-#else
-HsumFn g_hsum = hsum_row;
-FlushFn g_flush = flush_row;
-#endif
-
 }  // namespace
 
 extern "C" {
-
-// Use the SIMD variants where the CPU has them (on != 0) or the scalar code; returns 1 when
-// SIMD is now in use. Both give the same bits (tests/test_native.py runs both).
-int hs_use_simd(int on) {
-#ifdef HS_X86_DISPATCH
-    const bool simd = on && has_avx2();
-    g_hsum = simd ? hsum_row_avx2 : hsum_row;
-    g_flush = simd ? flush_row_avx2 : flush_row;
-    return simd;
-#else
-    (void)on;
-    return 0;
-#endif
-}
-
-// max over channels of cv2.resize(src, (dw, dh), interpolation=INTER_AREA) for a 3-channel
-// uint8 image whose scale is not an integer on both axes (OpenCV's generic area path).
-// src: h x w x 3, row stride `stride` bytes; out: dh x dw uint8, contiguous. Returns 0.
-// OpenCV's loop, reorganised without changing any float operation: every output value's taps
-// are gathered tap by tap and summed in tap order over all values at once (vector registers);
-// a source row's horizontal sums are computed once even when two output rows share it.
-int hs_area_max3(const uint8_t* src, int h, int w, int64_t stride, int dh, int dw, uint8_t* out) {
-    const int cn = 3;
-    std::vector<Tap> xtab, ytab;
-    int nx = area_tab(w, dw, cn, 1.0 / (static_cast<double>(dw) / w), xtab);
-    int ny = area_tab(h, dh, 1, 1.0 / (static_cast<double>(dh) / h), ytab);
-    // each output column's taps padded to K with weight 0 (t + s * 0 == t for t >= 0), so the
-    // inner loop has a fixed length; sources are pixel indices into the float row
-    int K = 1;
-    std::vector<int> first(dw + 1, nx);  // taps of output column dx: first[dx] .. first[dx+1]
-    for (int k = nx - 1; k >= 0; k--) first[xtab[k].di / cn] = k;
-    for (int dx = dw - 1; dx >= 0; dx--) first[dx] = std::min(first[dx], first[dx + 1]);
-    for (int dx = 0; dx < dw; dx++) K = std::max(K, first[dx + 1] - first[dx]);
-    // tap k of output value i = dx * 3 + ch: source value src_k[i], weight alpha_k[i]; the
-    // sums then run over i in vector registers, still in tap order
-    const int width = dw * cn;
-    std::vector<int> src_k(static_cast<size_t>(K) * width);
-    std::vector<float> alpha_k(static_cast<size_t>(K) * width);
-    for (int dx = 0; dx < dw; dx++) {
-        for (int k = 0; k < K; k++) {
-            const int t = std::min(first[dx] + k, first[dx + 1] - 1);
-            const float a = first[dx] + k < first[dx + 1] ? xtab[t].alpha : 0.0f;
-            for (int ch = 0; ch < cn; ch++) {
-                src_k[k * width + dx * cn + ch] = xtab[t].si + ch;
-                alpha_k[k * width + dx * cn + ch] = a;
-            }
-        }
-    }
-    const HsumFn hsum = g_hsum;
-    std::vector<float> row(static_cast<size_t>(w) * cn), buf(width), sum(width, 0.0f);
-    int buf_row = -1;
-    const FlushFn flush_fn = g_flush;
-    auto flush = [&](int dy) { flush_fn(sum.data(), dw, out + static_cast<int64_t>(dy) * dw); };
-    int prev_dy = ny ? ytab[0].di : 0;
-    for (int j = 0; j < ny; j++) {
-        const float beta = ytab[j].alpha;
-        const int dy = ytab[j].di;
-        if (ytab[j].si != buf_row) {  // horizontal sums of this source row, once
-            buf_row = ytab[j].si;
-            const uint8_t* s = src + static_cast<int64_t>(buf_row) * stride;
-            for (int i = 0; i < w * cn; i++) row[i] = static_cast<float>(s[i]);
-            hsum(row.data(), src_k.data(), alpha_k.data(), K, width, buf.data(), 0);
-        }
-        if (dy != prev_dy) {
-            flush(prev_dy);
-            for (int dx = 0; dx < width; dx++) sum[dx] = beta * buf[dx];
-            prev_dy = dy;
-        } else {
-            for (int dx = 0; dx < width; dx++) sum[dx] += beta * buf[dx];
-        }
-    }
-    if (ny) flush(prev_dy);
-    return 0;
-}
 
 // preprocess.area_resample for a uint8 band (the plane under the box: pixel stride `pix`
 // bytes, row stride `stride`, nx columns). Taps: rows (iy, wy: h x ky), columns (ix, wx:

@@ -5,9 +5,11 @@ Exit codes:
   1  at least one input could not be processed (each named on stderr, one line each)
   2  usage error (bad arguments)
   3  the model could not be loaded (missing, corrupt, no metadata, backend unavailable)
-  4  every image processed, but at least one result is flagged (e.g. non_fundus_suspected,
-     no_fov_found, low_quality, greyscale_input): look at it before trusting it
+  4  every image processed, but at least one is ungradable (no_fov_found,
+     non_fundus_suspected, low_quality, low_resolution: status "ungradable", no findings) or
+     flagged (e.g. greyscale_input): look at it before trusting it
   70  internal error (a bug: please report it with HEMOSEG_DEBUG=1 output)
+  75  an inference stalled (HEMOSEG_INFER_TIMEOUT s, default 300): the batch stopped
   130 interrupted
 """
 
@@ -32,6 +34,7 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_MODEL,
     EXIT_OK,
+    EXIT_STUCK,
     EXIT_USAGE,
     HemosegError,
     ModelError,
@@ -63,8 +66,25 @@ def _stem_for(path: Path, used: set[str]) -> str:
     return name
 
 
+def _unwritable(folder: Path) -> str | None:
+    """Why ``folder`` cannot take our outputs (created if missing), or None: a probe file is
+    written and removed, so read-only mounts and full disks are found before any image."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".hemoseg-probe.") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
-    from .segmenter import Segmenter
+    from .result import SegmentationResult
+    from .segmenter import Segmenter, StalledInferenceError
 
     inputs = list(expand_inputs(args.images))
     try:  # several images: tune the backend for throughput (OpenVINO streams in parallel)
@@ -73,42 +93,58 @@ def cmd_segment(args: argparse.Namespace) -> int:
             backend=args.backend,
             allow_defaults=args.assume_defaults,
             throughput=len(inputs) > 1,
+            threshold=args.threshold,
         )
     except HemosegError as e:
         _err(f"error: {e}")
         return EXIT_MODEL
     out_dir = Path(args.out)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        _err(f"error: cannot create output folder {out_dir} ({e.strerror})")
+    problem = _unwritable(out_dir)
+    if problem:
+        _err(f"error: cannot write to output folder {out_dir} ({problem})")
         return EXIT_USAGE
     if not inputs:
         _err("error: no input images found")
         return EXIT_USAGE
     from tqdm import tqdm
 
-    from .outputs import failed_row, result_row, write_behind, write_outputs, write_report
+    from .outputs import (
+        failed_row,
+        result_row,
+        write_behind,
+        write_html_report,
+        write_outputs,
+        write_report,
+    )
 
-    rows, failed, flagged, used = [], 0, 0, set()
+    rows: list[dict] = []
+    failed, flagged, used = 0, 0, set[str]()
     bar = tqdm(
         total=len(inputs),
         unit="img",
         file=sys.stderr,
         disable=True if args.quiet or len(inputs) < 2 else None,  # None: only on a terminal
     )
+
+    def write(path: Path, res: SegmentationResult | HemosegError, stem: str) -> dict[str, str]:
+        assert isinstance(res, SegmentationResult)  # write_behind skips the errors
+        return write_outputs(res, path, out_dir, stem, args.overlay_max_side)
+
     jobs = write_behind(  # PNG encoding and writing overlap inference of the next images
         seg.segment_batch(inputs, prefetch=args.prefetch),
-        lambda path, res, stem: write_outputs(res, path, out_dir, stem, args.overlay_max_side),
+        write,
         prepare=lambda path: _stem_for(path, used),
     )
+    stalled = False
     for path, res, written in jobs:
         if isinstance(res, HemosegError):
+            stalled = stalled or isinstance(res, StalledInferenceError)
             failed += 1
             row = failed_row(path, str(res))
             _err(f"error: {res}")
         else:
             try:
+                assert written is not None  # write_behind writes every result
                 outs = written.result()
             except (OSError, HemosegError) as e:
                 failed += 1
@@ -116,16 +152,34 @@ def cmd_segment(args: argparse.Namespace) -> int:
                 _err(f"error: {row['error']}")
             else:
                 row = result_row(path, res, outs)
-                if res.flags:
+                if not res.gradable:
+                    flagged += 1
+                    why = ", ".join(res.ungradable_reasons)
+                    _err(f"warning: {path}: ungradable ({why}): no findings reported")
+                elif res.flags:
                     flagged += 1
                     _err(f"warning: {path}: flagged {', '.join(res.flags)}")
         rows.append(row)
         bar.update(1)
     bar.close()
-    write_report(out_dir / "report.csv", rows)
+    try:
+        write_report(out_dir / "report.csv", rows)
+    except OSError as e:
+        _err(f"error: cannot write {out_dir / 'report.csv'} ({e.strerror or e})")
+        return EXIT_INPUT
+    try:  # the same rows as a self-contained page with overlay thumbnails
+        write_html_report(out_dir / "report.html", rows)
+    except OSError as e:
+        _err(f"error: cannot write {out_dir / 'report.html'} ({e.strerror or e})")
+        return EXIT_INPUT
     ok = len(rows) - failed
     if not args.quiet:
         print(f"{ok}/{len(rows)} processed, {failed} failed, {flagged} flagged -> {out_dir}")
+    if stalled:  # a runtime thread is stuck: exiting normally would wait for it forever
+        _err("error: inference stalled; the images after it were not processed (see report.csv)")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_STUCK)
     if failed:
         return EXIT_INPUT
     return EXIT_FLAGGED if flagged else EXIT_OK
@@ -172,6 +226,11 @@ def service_config(args: argparse.Namespace, in_dir: str | os.PathLike):
         queue_size=args.queue_size,
         overlay_max_side=args.overlay_max_side,
         inotify=not args.no_inotify,
+        forward=args.forward,
+        forward_ae_title=args.forward_ae_title,
+        forward_max_attempts=args.forward_max_attempts,
+        forward_backoff=args.forward_backoff,
+        forward_max_backoff=args.forward_max_backoff,
     )
 
 
@@ -188,6 +247,27 @@ def cmd_dicom_listen(args: argparse.Namespace) -> int:
     in_dir = args.in_dir or Path(args.out) / "incoming"
     listener = ListenerConfig(args.port, args.host, args.ae_title, tuple(args.allow_ae))
     return run_dicom_listen(service_config(args, in_dir), listener)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .service.http import HttpConfig, run_http
+
+    return run_http(
+        HttpConfig(
+            host=args.host,
+            port=args.port,
+            token=args.token or os.environ.get("HEMOSEG_TOKEN") or None,
+            max_bytes=args.max_bytes,
+            queue=args.queue,
+            model=args.model,
+            backend=args.backend,
+            assume_defaults=args.assume_defaults,
+            throughput=args.throughput,
+            overlay_max_side=args.overlay_max_side,
+            read_timeout=args.read_timeout,
+            access_log=not args.no_access_log,
+        )
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -236,6 +316,25 @@ def _service_args(s: argparse.ArgumentParser) -> None:
         help="longest side of the overlay JPEG in px (0 = original size)",
     )
     s.add_argument("--no-inotify", action="store_true", help="rescans only (network mounts)")
+    s.add_argument(
+        "--forward",
+        metavar="AE@HOST:PORT",
+        default=None,
+        help="C-STORE the DICOM outputs (SEG, SR, SC) to this PACS, via OUT/outbox/",
+    )
+    s.add_argument("--forward-ae-title", default="HEMOSEG", help="our calling AE title")
+    s.add_argument(
+        "--forward-max-attempts",
+        type=int,
+        default=8,
+        help="refusals of one object by the PACS before it goes to OUT/outbox/failed/",
+    )
+    s.add_argument(
+        "--forward-backoff", type=float, default=2.0, help="first retry delay in s (doubles)"
+    )
+    s.add_argument(
+        "--forward-max-backoff", type=float, default=300.0, help="longest retry delay in s"
+    )
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -274,6 +373,39 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_archive(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    if not (importlib.util.find_spec("ray") and importlib.util.find_spec("pyarrow")):
+        _err("error: archive needs the [archive] extra: pip install 'hemoseg-edge[archive]'")
+        return EXIT_USAGE
+    from .archive import ArchiveConfig, run_archive
+
+    config = ArchiveConfig(
+        src=args.src,
+        out=args.out,
+        address=args.address,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        batch_size=args.batch_size,
+        model=args.model,
+        backend=args.backend,
+        assume_defaults=args.assume_defaults,
+        overlay_max_side=args.overlay_max_side,
+        retry_failed=args.retry_failed,
+        quiet=args.quiet,
+    )
+    try:
+        summary = run_archive(config)
+    except HemosegError as e:
+        _err(f"error: {e}")
+        return e.exit_code
+    if not args.quiet:
+        print(summary.line())
+    return summary.exit_code
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hemoseg-edge",
@@ -288,6 +420,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output folder")
     _model_args(s)
     s.add_argument("--prefetch", type=int, default=2, help="images decoded ahead of inference")
+    s.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="pixel probability threshold (default: the model's, chosen on validation)",
+    )
     s.add_argument(
         "--overlay-max-side",
         type=int,
@@ -323,6 +461,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _service_args(d)
     d.set_defaults(func=cmd_dicom_listen)
+    hs = sub.add_parser("serve", help="service: HTTP API (POST /v1/segment, /health, /docs)")
+    hs.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback)")
+    hs.add_argument("--port", type=int, default=8080, help="TCP port (0: any free port)")
+    hs.add_argument(
+        "--token",
+        default=None,
+        help="require 'Authorization: Bearer TOKEN' (default: $HEMOSEG_TOKEN; prefer the env)",
+    )
+    hs.add_argument(
+        "--max-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="largest request body accepted, in bytes (413 beyond)",
+    )
+    hs.add_argument(
+        "--queue", type=int, default=8, help="requests admitted at once (503 + Retry-After beyond)"
+    )
+    _model_args(hs)
+    hs.add_argument(
+        "--throughput",
+        action="store_true",
+        help="tune the backend for concurrent requests (OpenVINO streams)",
+    )
+    hs.add_argument(
+        "--overlay-max-side",
+        type=int,
+        default=2048,
+        help="longest side of the overlay JPEG in px (0 = original size)",
+    )
+    hs.add_argument(
+        "--read-timeout", type=float, default=60.0, help="seconds to receive a body (408 beyond)"
+    )
+    hs.add_argument("--no-access-log", action="store_true", help="no log line per request")
+    hs.set_defaults(func=cmd_serve)
     st = sub.add_parser("status", help="print a running service's status.json")
     st.add_argument("out_dir")
     st.set_defaults(func=cmd_status)
@@ -357,11 +529,32 @@ def build_parser() -> argparse.ArgumentParser:
     be.add_argument("--out", required=True, help="engine file to write")
     be.add_argument("--workspace-mb", type=int, default=1024, help="TensorRT workspace limit")
     be.set_defaults(func=cmd_build_engine)
+    a = sub.add_parser("archive", help="re-process an archive on Ray: Parquet table + outputs")
+    a.add_argument("src", help="folder (recursive), file or glob; local or a URI (s3://, gs://)")
+    a.add_argument("--out", required=True, help="DST: results.parquet, outputs/ (local or URI)")
+    a.add_argument("--address", default=None, help="Ray cluster to join (default: start locally)")
+    a.add_argument("--workers", type=int, default=None, help="actors (default: CPUs / cpus)")
+    a.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs (threads) per actor")
+    a.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor")
+    a.add_argument("--batch-size", type=int, default=4, help="images per task and part file")
+    _model_args(a)
+    a.add_argument(
+        "--overlay-max-side",
+        type=int,
+        default=2048,
+        help="longest side of the overlay JPEG in px (0 = original size)",
+    )
+    a.add_argument(
+        "--retry-failed", action="store_true", help="process inputs whose row is failed again"
+    )
+    a.add_argument("-q", "--quiet", action="store_true")
+    a.set_defaults(func=cmd_archive)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "SILENT")  # failures are reported by us, one line
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

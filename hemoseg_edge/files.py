@@ -70,3 +70,37 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
 
     atomic_write(path, _w)
+
+
+def atomic_write_all(folder: str | os.PathLike, files: dict[str, bytes]) -> list[Path]:
+    """Write every file under a temporary name first, then rename them in order: a full disk
+    or a read-only folder leaves none of them (no mask without its JSON); the last one named
+    (the JSON) appears last. Returns the final paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    temps: list[tuple[str, Path]] = []
+    try:
+        for name, data in files.items():
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+            temps.append((tmp, folder / name))
+            with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), 0o666 & ~_UMASK)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, final in temps:
+            os.replace(tmp, final)
+    except BaseException:
+        for tmp, _ in temps:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        raise
+    return [final for _, final in temps]
+
+
+def printable_path(path: str | os.PathLike) -> str:
+    """A path as valid UTF-8 text: bytes that are not UTF-8 (a Latin-1 file name) become
+    ``\\xNN`` escapes instead of making a CSV or JSON writer fail."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")

@@ -12,7 +12,6 @@ import contextlib
 import ctypes
 import importlib.util
 import os
-import platform
 from collections.abc import Iterator
 from functools import lru_cache
 
@@ -23,8 +22,6 @@ _I = ctypes.c_int
 _L = ctypes.c_int64
 _F = ctypes.c_float
 _SIGNATURES = {
-    "hs_area_max3": [_P, _I, _I, _L, _I, _I, _P],
-    "hs_use_simd": [_I],
     "hs_area_resample": [_P, _L, _L, _I, _P, _P, _I, _P, _P, _I, _I, _I, _P],
     "hs_components": [_P, _L, _I, _I, _P, _I],
     "hs_back_map_ge_windows": [_P, _I, _I, *[ctypes.c_double] * 4, _I, _P, _F, _P, _P, _I, _P, _P],
@@ -70,52 +67,8 @@ def switched(on: bool) -> Iterator[None]:
         _load.cache_clear()
 
 
-@contextlib.contextmanager
-def simd(on: bool) -> Iterator[bool]:
-    """Within the block the kernels use their SIMD variants (AVX2, where the CPU has it; the
-    default) or their scalar code; yields whether SIMD is in use. Both give the same bits
-    (tests/test_native.py runs both)."""
-    lib = _load()
-    if lib is None:
-        yield False
-        return
-    try:
-        yield bool(lib.hs_use_simd(int(on)))
-    finally:
-        lib.hs_use_simd(1)
-
-
 def _ptr(a: np.ndarray) -> int:
     return a.ctypes.data
-
-
-# OpenCV's own INTER_AREA is the reference for area_max3. Its x86-64 build does not fuse
-# multiply-adds, so the kernel matches it there (tests/test_native.py); an aarch64 build of
-# OpenCV may fuse them (GCC's default there), so elsewhere OpenCV runs.
-_AREA_MAX3_MACHINES = frozenset({"x86_64", "amd64"})
-
-
-def area_max3(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
-    """``cv2.resize(frame, size, INTER_AREA).max(axis=2)`` for a 3-channel uint8 frame, or
-    None where the native kernel does not apply (not built; not x86-64; integer scale, which
-    OpenCV computes another way; a layout other than packed rows)."""
-    lib = _load()
-    h, w = frame.shape[:2]
-    dw, dh = size
-    if (
-        lib is None
-        or platform.machine().lower() not in _AREA_MAX3_MACHINES
-        or frame.ndim != 3
-        or frame.shape[2] != 3
-        or frame.dtype != np.uint8
-        or frame.strides[1:] != (3, 1)
-        or not (dw < w and dh < h)
-        or (w % dw == 0 and h % dh == 0)
-    ):
-        return None
-    out = np.empty((dh, dw), np.uint8)
-    lib.hs_area_max3(_ptr(frame), h, w, frame.strides[0], dh, dw, _ptr(out))
-    return out
 
 
 def area_resample_u8(

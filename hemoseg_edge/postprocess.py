@@ -38,7 +38,7 @@ def circle_halfwidths(radius: int) -> np.ndarray:
     """``hw[d]``: the filled ``cv2.circle`` of this radius (``LINE_8``, no shift) covers rows
     ``cy +- d`` from ``cx - hw[d]`` to ``cx + hw[d]`` inclusive. OpenCV's midpoint loop, which
     draws one horizontal line per octant step; rows drawn twice keep the wider line."""
-    hw = [-1] * (radius + 1)  # a list: ~5x faster than numpy item access in this loop
+    hw = [-1] * (radius + 1)  # a list: numpy item access is slow in this loop
     err, dx, dy, plus, minus = 0, radius, 0, 1, (radius << 1) - 1
     while dx >= dy:
         hw[dy] = max(hw[dy], dx)

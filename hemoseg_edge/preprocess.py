@@ -28,6 +28,11 @@ this module. Its arithmetic, exactly:
 Masks go through steps 4 (on the same physical box, in the mask's own pixel grid) without the
 division, giving the fraction of each model pixel covered by lesion.
 
+In code: ``preprocess_geometry`` does steps 1-2 (the FOV, the ``Geometry``, the green statistics
+that the quality checks use) and ``preprocess_tensor`` steps 3-5; ``preprocess_frame`` is both.
+A backend that preprocesses on its device (``Backend.takes_frames``: TensorRT with the CUDA
+kernel) gets the frame and the FOV box instead of the tensor, so the CPU runs only the first.
+
 Back-mapping (``Geometry.to_original``) is the inverse affine map, bilinear, with pixel centres
 at ``+0.5``: original pixel ``(X, Y)`` samples the model map at
 ``((X + 0.5 - X0) / sX - 0.5, (Y + 0.5 - Y0) / sY - 0.5)``, where ``X0..`` is the box in original
@@ -44,7 +49,7 @@ numpy/OpenCV code is the reference and runs wherever the native kernels are not 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 import cv2
@@ -173,9 +178,13 @@ def back_map(
 
 @dataclass(frozen=True)
 class Preprocessed:
-    """The model input tensor plus what is needed to undo the geometry."""
+    """The model input tensor plus what is needed to undo the geometry.
 
-    tensor: np.ndarray  # (1, 1, H, W) float32 in [0, 1]
+    ``tensor`` is None when only the geometry was computed (``preprocess_geometry``: the device
+    path, where the backend turns the frame into its input itself); ``preprocess_frame``
+    always sets it."""
+
+    tensor: np.ndarray | None  # (1, 1, H, W) float32 in [0, 1]; None on the device path
     geometry: Geometry
     fov: Fov
     green_stats: tuple[float, float]  # mean, std of green (0-255) inside the FOV box
@@ -214,7 +223,7 @@ def _percentile_u8(v: np.ndarray, q: float) -> float:
     n = v.size
     pos = (n - 1) * (q / 100.0)  # numpy's index, up to rounding: take one more on each side
     lo, hi = max(0, int(np.floor(pos)) - 1), min(n - 1, int(np.ceil(pos)) + 1)
-    if n < 1 << 24:  # OpenCV's float32 counts are exact; ~6x faster than np.bincount
+    if n < 1 << 24:  # OpenCV's float32 counts are exact, and faster than np.bincount
         hist = cv2.calcHist([v], [0], None, [256], [0, 256]).ravel().astype(np.int64)
     else:
         hist = np.bincount(v.ravel(), minlength=256)
@@ -227,7 +236,7 @@ def _largest_component(binary: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]]
     """The largest 8-connected component of a 0/1 uint8 image (the first in raster order on a
     tie, as OpenCV labels): its 0/1 mask and bounding box ``(x, y, w, h)``; None if empty.
     A fundus mask is nearly always one component: the native labelling then only confirms it
-    (the mask is the image itself), ~15x faster than OpenCV's labels."""
+    (the mask is the image itself), faster than OpenCV's labels."""
     stats = native.components(binary)
     if stats is not None and len(stats) <= 1:
         if len(stats) == 0:
@@ -246,13 +255,11 @@ def find_fov(frame: np.ndarray) -> Fov:
     fh, fw = frame.shape[:2]
     scale = min(1.0, FOV_WORK_WIDTH / fw)
     sw, sh = max(1, round(fw * scale)), max(1, round(fh * scale))
-    v = native.area_max3(frame, (sw, sh)) if scale < 1 else None  # the same bits, ~2x faster
-    if v is None:
-        small = cv2.resize(frame, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1 else frame
-        if small.ndim == 3 and small.shape[2] == 3:  # = small.max(axis=2), 30x faster
-            v = np.maximum(np.maximum(small[..., 0], small[..., 1]), small[..., 2])
-        else:
-            v = small.max(axis=2) if small.ndim == 3 else small
+    small = cv2.resize(frame, (sw, sh), interpolation=cv2.INTER_AREA) if scale < 1 else frame
+    if small.ndim == 3 and small.shape[2] == 3:  # = small.max(axis=2), without a reduction
+        v = np.maximum(np.maximum(small[..., 0], small[..., 1]), small[..., 2])
+    else:
+        v = small.max(axis=2) if small.ndim == 3 else small
     thr = float(np.clip(0.08 * _percentile_u8(v, 95), 10, 20))
     binary = (v > thr).astype(np.uint8)
     binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
@@ -331,8 +338,8 @@ def _area_taps(start: float, stop: float, dst_len: int) -> tuple[int, int, np.nd
     """``area_weights`` as taps: ``(first, n, idx, w)``: ``n`` source pixels from ``first``,
     ``idx[j, k]`` the source offsets and ``w[j, k]`` the weights of output ``j`` (zero-weight
     padding where a row has fewer). Computed from the same float64 formula as
-    ``area_weights``, on the few source pixels under each footprint only (the dense matrix
-    cost ~3 ms per axis, and every image's FOV box is new)."""
+    ``area_weights``, on the few source pixels under each footprint only (a dense matrix per
+    axis is costly, and every image's FOV box is new)."""
     s, first, last, a, b = _footprints(start, stop, dst_len)
 
     def weight(c: np.ndarray) -> np.ndarray:  # area_weights' formula; 0 outside its columns
@@ -379,39 +386,74 @@ def area_resample(
     return out
 
 
-def preprocess_frame(
+def _check_frame(frame: np.ndarray) -> None:
+    if frame.dtype != np.uint8 or frame.ndim not in (2, 3):
+        raise ValueError(f"expected a uint8 HxW or HxWx3 frame, got {frame.dtype} {frame.shape}")
+
+
+def preprocess_geometry(
     frame: np.ndarray,
     original_hw: tuple[int, int] | None = None,
     model_hw: tuple[int, int] = DEFAULT_INPUT_HW,
     fov: Fov | None = None,
 ) -> Preprocessed:
-    """Frame (BGR or grey uint8) -> model tensor (1, 1, H, W) and its geometry."""
-    if frame.dtype != np.uint8 or frame.ndim not in (2, 3):
-        raise ValueError(f"expected a uint8 HxW or HxWx3 frame, got {frame.dtype} {frame.shape}")
+    """Everything of ``preprocess_frame`` except the tensor (steps 1-2 and the green statistics):
+    the FOV, the ``Geometry`` and the green mean/std inside the FOV box; ``tensor`` is None.
+
+    This is what postprocessing and the quality checks need. The device path uses it alone: a
+    backend that takes frames (``Backend.takes_frames``) computes steps 3-5 itself from the
+    frame and ``fov.box``; ``preprocess_tensor`` is the CPU version of those steps."""
+    _check_frame(frame)
     fh, fw = frame.shape[:2]
     oh, ow = original_hw or (fh, fw)
     fov = fov or find_fov(frame)
     green = frame[:, :, 1] if frame.ndim == 3 else frame
     x0, y0, x1, y1 = fov.box
     crop = green[y0:y1, x0:x1]
-    out = area_resample(green, fov.box, model_hw)
-    out *= np.float32(1.0 / 255.0)
-    np.clip(out, 0.0, 1.0, out=out)  # float rounding can give 1.0000001
     sx, sy = ow / fw, oh / fh
     geometry = Geometry(
         original_hw=(oh, ow),
         frame_hw=(fh, fw),
-        model_hw=tuple(model_hw),
+        model_hw=(int(model_hw[0]), int(model_hw[1])),
         box=(x0 * sx, y0 * sy, x1 * sx, y1 * sy),
         fov_center=((fov.cx + 0.5) * sx - 0.5, (fov.cy + 0.5) * sy - 0.5),
         fov_radius=fov.radius * sx,
     )
-    if crop.size:  # population mean and std, as numpy's; ~10x faster on a 0.6 Mpx crop
+    if crop.size:  # population mean and std, as numpy's, without numpy's temporaries
         mean, std = cv2.meanStdDev(np.ascontiguousarray(crop))
         stats = (float(mean[0, 0]), float(std[0, 0]))
     else:
         stats = (0.0, 0.0)
-    return Preprocessed(out[None, None], geometry, fov, stats)
+    return Preprocessed(None, geometry, fov, stats)
+
+
+def preprocess_tensor(
+    frame: np.ndarray,
+    box: tuple[float, float, float, float],
+    model_hw: tuple[int, int] = DEFAULT_INPUT_HW,
+) -> np.ndarray:
+    """Steps 3-5 on the CPU: green of ``frame[box]`` (``Fov.box``, frame pixels) -> area
+    resampled to ``model_hw`` -> /255, clipped -> (1, 1, H, W) float32. The CUDA kernel
+    (``hemoseg_edge/cuda``) implements the same arithmetic for the GPU (equal up to float
+    rounding: it sums in another order)."""
+    _check_frame(frame)
+    green = frame[:, :, 1] if frame.ndim == 3 else frame
+    out = area_resample(green, box, model_hw)
+    out *= np.float32(1.0 / 255.0)
+    np.clip(out, 0.0, 1.0, out=out)  # float rounding can give 1.0000001
+    return out[None, None]
+
+
+def preprocess_frame(
+    frame: np.ndarray,
+    original_hw: tuple[int, int] | None = None,
+    model_hw: tuple[int, int] = DEFAULT_INPUT_HW,
+    fov: Fov | None = None,
+) -> Preprocessed:
+    """Frame (BGR or grey uint8) -> model tensor (1, 1, H, W) and its geometry:
+    ``preprocess_geometry`` plus ``preprocess_tensor`` on its FOV box."""
+    pre = preprocess_geometry(frame, original_hw, model_hw, fov)
+    return replace(pre, tensor=preprocess_tensor(frame, pre.fov.box, model_hw))
 
 
 def preprocess_mask(mask: np.ndarray, geometry: Geometry) -> np.ndarray:

@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 
 from .preprocess import Geometry
+from .quality import UNGRADABLE_FLAGS
+from .version import __version__
 
 QUADRANTS = ("upper_left", "upper_right", "lower_left", "lower_right")
+# The JSON's layout (docs/results.md lists every field and the breaking changes)
+SCHEMA_VERSION = 2
+
+
+def _lesion_dict(les: Lesion) -> dict:
+    return {
+        "area_px": les.area_px,
+        "centroid_xy": list(les.centroid),
+        "bbox_xywh": list(les.bbox),
+        "quadrant": les.quadrant,
+    }
 
 
 @dataclass(frozen=True)
@@ -65,12 +81,32 @@ class SegmentationResult:
     # the model's operating point on it (``image_threshold``; None when the model has none)
     image_score: float = 0.0
     image_threshold: float | None = None
+    input_sha256: str | None = None  # of the file's bytes (None for an array input)
+    created_utc: str = field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )
+
+    @property
+    def ungradable_reasons(self) -> list[str]:
+        """The flags that make this photograph ungradable (``quality.UNGRADABLE_FLAGS``)."""
+        return [f for f in self.flags if f in UNGRADABLE_FLAGS]
+
+    @property
+    def gradable(self) -> bool:
+        return not self.ungradable_reasons
+
+    @property
+    def status(self) -> str:
+        """ "ok" or "ungradable" (an input that could not be processed has no result: the
+        batch APIs give its error, and reports say "failed")."""
+        return "ok" if self.gradable else "ungradable"
 
     @property
     def hemorrhage_detected(self) -> bool | None:
         """The image-level verdict: score >= the model's operating point (chosen on
-        validation for sensitivity >= 0.95); None when the model carries no operating point."""
-        if self.image_threshold is None:
+        validation for sensitivity >= 0.95); None when the model carries no operating point
+        or the photograph is ungradable."""
+        if self.image_threshold is None or not self.gradable:
             return None
         return self.image_score >= self.image_threshold
 
@@ -95,27 +131,73 @@ class SegmentationResult:
             counts[les.quadrant] += 1
         return counts
 
+    # --- outputs, Ultralytics-style: the drawing and the files live in ``hemoseg_edge.outputs``
+    def plot(self, image: str | os.PathLike | np.ndarray | None = None) -> np.ndarray:
+        """The visual report (``outputs.visual``) as a BGR uint8 array. ``image``: the
+        photograph (a path or a BGR array; default: the file this result came from)."""
+        from .outputs.overlay import load_overlay_frame
+        from .outputs.visual import render_visual_report
+
+        if image is None or not isinstance(image, np.ndarray):
+            image = load_overlay_frame(self._file(image), self, 2048)
+        return render_visual_report(image, self)
+
+    def save(
+        self,
+        folder: str | os.PathLike,
+        stem: str | None = None,
+        image: str | os.PathLike | None = None,
+        overlay_max_side: int = 2048,
+    ) -> dict[str, str]:
+        """Write mask PNG, overlay, visual report and JSON into ``folder`` (all or none);
+        returns ``{kind: path}``. ``image``: the photograph's file (default: the source)."""
+        from .outputs.per_image import write_outputs
+
+        path = self._file(image)
+        name = stem or os.path.splitext(os.path.basename(path))[0] or "image"
+        return write_outputs(self, path, Path(folder), name, overlay_max_side)
+
+    def _file(self, image: str | os.PathLike | None) -> str:
+        path = os.fspath(image) if image is not None else self.source
+        if not os.path.isfile(path):
+            raise ValueError(f"{path!r} is not a file: pass the photograph (image=...)")
+        return path
+
     def to_dict(self) -> dict:
-        """JSON-ready summary (no pixel arrays)."""
+        """JSON-ready summary (no pixel arrays). An ungradable photograph reports no burden,
+        no lesion count and no verdict: null, never 0."""
+        graded = self.gradable
+        g = self.geometry
         return {
+            "schema_version": SCHEMA_VERSION,
+            "tool_version": __version__,
+            "created_utc": self.created_utc,
             "source": self.source,
-            "image_size": {
-                "height": self.geometry.original_hw[0],
-                "width": self.geometry.original_hw[1],
-            },
+            "input_sha256": self.input_sha256,
+            "status": self.status,
+            "gradable": graded,
+            "ungradable_reasons": self.ungradable_reasons,
+            "image_size": {"height": g.original_hw[0], "width": g.original_hw[1]},
             "threshold": self.threshold,
-            "image_score": round(self.image_score, 4),
+            "image_score": round(self.image_score, 4) if graded else None,
             "image_threshold": self.image_threshold,
             "hemorrhage_detected": self.hemorrhage_detected,
-            "hemorrhage_burden_percent_of_fov": round(self.burden_percent, 4),
-            "lesion_count": len(self.lesions),
-            "lesion_area_px": self.lesion_area_px,
+            "burden_percent": round(self.burden_percent, 4) if graded else None,
+            "lesion_count": len(self.lesions) if graded else None,
+            "lesion_area_px": self.lesion_area_px if graded else None,
             "fov_area_px": self.fov_area_px,
-            "quadrant_counts": self.quadrant_counts,
+            "quadrant_counts": self.quadrant_counts if graded else None,
             "quadrant_convention": "image quadrants around the FOV centre, as displayed",
-            "lesions": [asdict(les) for les in self.lesions],
+            "lesions": [_lesion_dict(les) for les in self.lesions] if graded else [],
             "flags": list(self.flags),
-            "geometry": self.geometry.to_dict(),
+            "geometry": {
+                "original_hw": list(g.original_hw),
+                "frame_hw": list(g.frame_hw),
+                "model_hw": list(g.model_hw),
+                "box_xyxy": list(g.box),
+                "fov_center_xy": list(g.fov_center),
+                "fov_radius_px": g.fov_radius,
+            },
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "model": dict(self.model),
         }

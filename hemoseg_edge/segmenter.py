@@ -1,21 +1,35 @@
 """``Segmenter``: the session that owns a backend and runs image -> preprocess -> backend ->
-postprocess -> ``SegmentationResult``."""
+postprocess -> ``SegmentationResult``.
+
+Two data paths, chosen by the backend (``Backend.takes_frames``):
+
+* tensor path (ONNX Runtime, OpenVINO): the CPU computes the FOV, geometry and the model input
+  tensor (``preprocess.preprocess_frame``); ``backend.run(tensor)``.
+* device path (TensorRT with the CUDA preprocessing kernel): the CPU computes only what
+  postprocessing and the quality checks need (``preprocess.preprocess_geometry``: FOV, geometry,
+  green mean/std); ``backend.run_frame(frame, fov_box)`` builds the input on the device. The
+  ``preprocess`` timing then covers the CPU part only; the device's upload and kernel are in
+  ``inference``.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from . import quality
 from .backends import Backend, BackendName, auto_choice, available, load_backend
 from .cpu import INT8_FLAGS, cpu_flags
-from .errors import HemosegError, ModelError
+from .errors import EXIT_STUCK, HemosegError, ModelError
 from .inputs import LoadedImage, load_image
 from .model_file import (
     DEFAULT_MODEL,
@@ -26,10 +40,28 @@ from .model_file import (
     read_model,
 )
 from .postprocess import fov_area, image_score, threshold_windows, window_lesions
-from .preprocess import Preprocessed, preprocess_frame
+from .preprocess import Preprocessed, preprocess_frame, preprocess_geometry
 from .result import SegmentationResult
 
 ImageLike = str | os.PathLike | np.ndarray | LoadedImage
+Item = TypeVar("Item", bound=ImageLike)
+# No inference on a CPU or a Jetson takes minutes: past this the stream is taken as stalled
+INFER_TIMEOUT_S = float(os.environ.get("HEMOSEG_INFER_TIMEOUT", "300"))
+# probabilities may overshoot [0, 1] by float rounding (a sigmoid in fp16), not by more
+_PROB_SLACK = 1e-3
+
+
+class StalledInferenceError(HemosegError):
+    """An inference did not return within ``INFER_TIMEOUT_S``: the batch stops (the stuck
+    runtime thread cannot be interrupted); images not processed are reported as failed."""
+
+    exit_code = EXIT_STUCK
+
+
+def _name(item: object) -> str:
+    if isinstance(item, LoadedImage):
+        return item.path
+    return "<array>" if isinstance(item, np.ndarray) else str(item)
 
 
 class Segmenter:
@@ -41,10 +73,23 @@ class Segmenter:
     True
     """
 
-    def __init__(self, backend: Backend, metadata: ModelMetadata, source: str = "model"):
+    def __init__(
+        self,
+        backend: Backend,
+        metadata: ModelMetadata,
+        source: str = "model",
+        threshold: float | None = None,
+        model_sha256: str | None = None,
+    ):
+        """``threshold``: the pixel operating point, overriding the model's (its metadata
+        value, chosen on validation, is the default)."""
         self.backend = backend
         self.metadata = metadata
         self.source = source
+        self.model_sha256 = model_sha256
+        if threshold is not None and not 0.0 < threshold < 1.0:
+            raise HemosegError(f"threshold {threshold} outside (0, 1)")
+        self.threshold = metadata.threshold if threshold is None else float(threshold)
         spec = backend.input_spec
         if spec.shape[2:] != metadata.input_hw:
             raise ModelError(
@@ -58,18 +103,23 @@ class Segmenter:
         backend: BackendName = "auto",
         allow_defaults: bool = False,
         throughput: bool = False,
+        threshold: float | None = None,
         **backend_options,
     ) -> Segmenter:
         """Load an ONNX model or a TensorRT engine file.
 
         ``path=None``: the shipped default model, in the variant that is fastest for the
         backend (``default_model``). ``throughput=True``: tune the backend for many images
-        (``segment_batch``) rather than for the latency of one.
+        (``segment_batch``) rather than for the latency of one. ``threshold``: override the
+        model's pixel threshold.
         """
         if path is None:
-            return cls.default_model(backend, allow_defaults, throughput, **backend_options)
+            return cls.default_model(
+                backend, allow_defaults, throughput, threshold=threshold, **backend_options
+            )
         path = Path(path)
         data, kind = read_model(path)
+        sha256 = hashlib.sha256(data).hexdigest()
         source = str(path)
         metadata = model_metadata(data, kind, source, allow_defaults)
         if kind == "engine":
@@ -80,7 +130,7 @@ class Segmenter:
             workspace = backend_options.pop("workspace_mb", DEFAULT_WORKSPACE_MB)
             data = cached_engine(data, source, workspace, backend_options.get("device", 0))
         loaded = load_backend(backend, data, source, throughput=throughput, **backend_options)
-        return cls(loaded, metadata, source)
+        return cls(loaded, metadata, source, threshold, sha256)
 
     @classmethod
     def default_model(
@@ -91,6 +141,7 @@ class Segmenter:
         *,
         fp32_name: str = DEFAULT_MODEL,
         int8_name: str = INT8_MODEL,
+        threshold: float | None = None,
         **kw,
     ) -> Segmenter:
         """The shipped model: its INT8 Q/DQ variant where OpenVINO runs on a CPU with int8 dot
@@ -107,12 +158,12 @@ class Segmenter:
             except ModelError:
                 pass
             else:
-                seg = cls.from_engine(path, backend, allow_defaults, throughput, **kw)
+                seg = cls.from_engine(path, backend, allow_defaults, throughput, threshold, **kw)
                 if seg.backend.name == "openvino":
                     return seg
                 seg.backend.close()  # "auto" fell back to ONNX Runtime: FP32 is faster there
         return cls.from_engine(
-            default_model_path(fp32_name), backend, allow_defaults, throughput, **kw
+            default_model_path(fp32_name), backend, allow_defaults, throughput, threshold, **kw
         )
 
     # --- the three stages -------------------------------------------------------------------
@@ -126,8 +177,12 @@ class Segmenter:
             return LoadedImage("<array>", frame, frame.shape[:2], "array")
         return load_image(image, self.metadata.input_hw)
 
-    def preprocess(self, image: LoadedImage) -> Preprocessed:
-        return preprocess_frame(image.frame, image.original_hw, self.metadata.input_hw)
+    def preprocess(self, image: LoadedImage, tensor: bool = True) -> Preprocessed:
+        """FOV, geometry and green statistics, plus (``tensor=True``) the model input tensor
+        for ``backend.run``. ``segment`` / ``segment_batch`` pass ``tensor=False`` when the
+        backend takes frames (the device path): ``.tensor`` is then None."""
+        fn = preprocess_frame if tensor else preprocess_geometry
+        return fn(image.frame, image.original_hw, self.metadata.input_hw)
 
     def postprocess(
         self,
@@ -137,13 +192,16 @@ class Segmenter:
         timings: dict[str, float],
     ) -> SegmentationResult:
         t = time.perf_counter()
-        thr = self.metadata.threshold
+        thr = self.threshold
         mask = threshold_windows(prob, pre.geometry, thr)
         lesions = window_lesions(mask, pre.geometry)
         area = fov_area(pre.geometry)
         score = image_score(prob, pre.geometry)
         colour = "greyscale_input" not in image.notes
-        flags = quality.assess(image.frame, pre.fov, pre.green_stats, colour) + list(image.notes)
+        g = pre.geometry
+        extent = min(2 * g.fov_radius, g.box[2] - g.box[0], g.box[3] - g.box[1])  # original px
+        flags = quality.assess(image.frame, pre.fov, pre.green_stats, colour, extent)
+        flags += list(image.notes)
         timings["postprocess"] = 1000 * (time.perf_counter() - t)
         return SegmentationResult(
             source=image.path,
@@ -161,7 +219,9 @@ class Segmenter:
                 "precision": self.metadata.precision,
                 "backend": self.backend.name,
                 "providers": ",".join(self.backend.providers),
+                "sha256": self.model_sha256 or "",
             },
+            input_sha256=image.sha256,
             image_score=score,
             image_threshold=(
                 self.metadata.image_threshold if self.metadata.has_image_threshold else None
@@ -174,23 +234,30 @@ class Segmenter:
         return self._finish(*self._infer(image, pre, timings))
 
     def segment_batch(
-        self, images: Iterable[ImageLike], prefetch: int = 2
-    ) -> Iterator[tuple[ImageLike, SegmentationResult | HemosegError]]:
+        self, images: Iterable[Item], prefetch: int = 2, timeout: float | None = None
+    ) -> Iterator[tuple[Item, SegmentationResult | HemosegError]]:
         """Yield ``(input, result or error)`` in input order.
 
         A three-stage pipeline: decoding and preprocessing (``prefetch`` worker threads),
         inference (``backend.concurrency`` threads, back to back) and postprocessing (one
         thread) overlap; at most ``prefetch + concurrency + 1`` images are in flight, so memory
         stays bounded while the consumer is busy with earlier results. A bad image yields its
-        ``HemosegError`` and does not stop the others.
+        error (any exception becomes a one-line ``HemosegError``) and does not stop the others.
+
+        Watchdog: an image not finished within ``timeout`` s (default ``INFER_TIMEOUT_S``) of
+        reaching the head of the queue means a stalled runtime; it and every image after it
+        are yielded as ``StalledInferenceError``, and the generator stops (the caller should
+        exit: the stuck thread cannot be joined).
         """
+        limit = INFER_TIMEOUT_S if timeout is None else timeout
         items = iter(images)
         workers = max(1, prefetch)
         loader = ThreadPoolExecutor(workers, thread_name_prefix="hemoseg-load")
         streams = max(1, self.backend.concurrency)
         infer = ThreadPoolExecutor(streams, thread_name_prefix="hemoseg-infer")
         post = ThreadPoolExecutor(1, thread_name_prefix="hemoseg-post")
-        pending: deque[tuple[ImageLike, Future]] = deque()
+        pending: deque[tuple[Item, Future]] = deque()
+        stalled = False
 
         def infer_stage(loaded: Future):
             return self._infer(*loaded.result())
@@ -215,30 +282,76 @@ class Segmenter:
             while pending:
                 item, fut = pending.popleft()
                 try:
-                    result: SegmentationResult | HemosegError = fut.result()
+                    result: SegmentationResult | HemosegError = fut.result(timeout=limit)
+                except FutureTimeout:
+                    stalled = True
+                    msg = f"{_name(item)}: not processed within {limit:g} s (inference stalled)"
+                    yield item, StalledInferenceError(msg)
+                    for rest, _ in pending:
+                        why = "not processed: the batch stopped after a stalled inference"
+                        yield rest, StalledInferenceError(f"{_name(rest)}: {why}")
+                    for rest in items:
+                        why = "not processed: the batch stopped after a stalled inference"
+                        yield rest, StalledInferenceError(f"{_name(rest)}: {why}")
+                    return
                 except HemosegError as e:
                     result = e
+                except MemoryError:
+                    result = HemosegError(f"{_name(item)}: out of memory")
+                except Exception as e:  # noqa: BLE001 - a bug must not stop the batch
+                    text = " ".join(str(e).split())[:200]
+                    result = HemosegError(
+                        f"{_name(item)}: internal error: {type(e).__name__}: {text}"
+                    )
                 submit()
                 yield item, result
         finally:
             for pool in (loader, infer, post):
                 pool.shutdown(wait=False, cancel_futures=True)
-            for pool in (loader, infer, post):
-                pool.shutdown(wait=True)
+            if not stalled:  # a stuck runtime thread would block the join forever
+                for pool in (loader, infer, post):
+                    pool.shutdown(wait=True)
 
-    def _load_and_preprocess(self, image: ImageLike):
+    def _load_and_preprocess(
+        self, image: ImageLike
+    ) -> tuple[LoadedImage, Preprocessed, dict[str, float]]:
         t0 = time.perf_counter()
         loaded = self.load(image)
         t1 = time.perf_counter()
-        pre = self.preprocess(loaded)
+        pre = self.preprocess(loaded, tensor=not self.backend.takes_frames)
         t2 = time.perf_counter()
         return loaded, pre, {"decode": 1000 * (t1 - t0), "preprocess": 1000 * (t2 - t1)}
 
     def _infer(self, image: LoadedImage, pre: Preprocessed, timings: dict[str, float]):
         t = time.perf_counter()
-        prob = self.backend.run(pre.tensor)[0, 0]
+        if self.backend.takes_frames:  # the device path: the backend preprocesses the frame
+            x0, y0, x1, y1 = pre.fov.box
+            box = (float(x0), float(y0), float(x1), float(y1))
+            out = self.backend.run_frame(image.frame, box)
+        elif pre.tensor is None:
+            raise HemosegError(
+                f"the {self.backend.name} backend takes tensors; preprocess with tensor=True"
+            )
+        else:
+            out = self.backend.run(pre.tensor)
+        prob = self._checked(out, image)[0, 0]
         timings["inference"] = 1000 * (time.perf_counter() - t)
         return image, pre, timings, prob
+
+    def _checked(self, out: np.ndarray, image: LoadedImage) -> np.ndarray:
+        """A model's output is not trusted: shape (1, 1, H, W), finite, in [0, 1]."""
+        want = (1, 1, *self.metadata.input_hw)
+        if getattr(out, "shape", None) != want:
+            shape = getattr(out, "shape", type(out).__name__)
+            raise ModelError(f"{self.source}: model output shape {shape} != {want}")
+        lo, hi = float(np.min(out)), float(np.max(out))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ModelError(f"{self.source}: model output not finite (NaN/inf) on {image.path}")
+        if lo < -_PROB_SLACK or hi > 1 + _PROB_SLACK:
+            raise ModelError(
+                f"{self.source}: model output [{lo:.3g}, {hi:.3g}] is not a probability"
+            )
+        return out
 
     def _finish(
         self,

@@ -33,6 +33,7 @@ class Case:
     why: str
     flags: tuple[str, ...] = ()  # flags the JSON must contain (done)
     reason: str = ""  # text the reason file must contain (failed), case-insensitive
+    status: str = ""  # the JSON's status (done): "ok" or "ungradable"; "" = not checked
     late: Callable[[Path], None] | None = None  # writes the file while the service runs
     dicom: bool = False  # the JSON must carry DICOM identifiers
 
@@ -229,7 +230,14 @@ def build(in_dir: Path, sources: list[Path]) -> list[Case]:
     put("palette.png", pil_bytes(pal, "PNG"), "done", "palette PNG", flags=("palette_converted",))
     put("tiny_20x20.png", png(base[:20, :20]), "failed", "20x20", reason="too small")
     put("huge_30000.png", huge_png_header(), "failed", "30000x30000 header", reason="too large")
-    put("all_black.png", png(np.zeros_like(base)), "done", "black frame", flags=("low_quality",))
+    put(
+        "all_black.png",
+        png(np.zeros_like(base)),
+        "done",
+        "black frame",
+        flags=("low_quality",),
+        status="ungradable",
+    )
     put("all_white.png", png(np.full_like(base, 255)), "done", "white frame")
     put(
         "non_fundus.jpg",
@@ -298,7 +306,8 @@ def build(in_dir: Path, sources: list[Path]) -> list[Case]:
     put("cmyk.jpg", cmyk, "either", "CMYK JPEG")
     mid = bytearray(base_jpg)
     mid[len(mid) // 3 : len(mid) // 3 + 2000] = os.urandom(2000)
-    put("corrupt_middle.jpg", bytes(mid), "either", "garbage inside a complete JPEG")
+    put("corrupt_middle.jpg", bytes(mid), "failed", "garbage inside a JPEG", reason="damaged")
+    _damage_cases(put, base, base_jpg, good_dcm, rgb)
     put("name with spaces.jpg", base_jpg, "done", "spaces in the name")
     put("fündus 日本語.jpg", base_jpg, "done", "unicode name")
     put(b"latin1_\xe9.jpg", base_jpg, "done", "name that is not UTF-8")
@@ -340,6 +349,89 @@ def build(in_dir: Path, sources: list[Path]) -> list[Case]:
         )
     )
     return cases
+
+
+def _damage_cases(put, base: np.ndarray, base_jpg: bytes, good_dcm: bytes, rgb: np.ndarray):
+    """Damaged pixels (refused), photographs no result may be read from (ungradable) and
+    valid files that look odd (decoded right)."""
+    import pydicom
+
+    flipped = bytearray(base_jpg)
+    for i in range(len(flipped) // 3, len(flipped) // 3 + 3000, 97):
+        flipped[i] ^= 0x55
+    put("flipped_bits.jpg", bytes(flipped), "failed", "bit errors in a JPEG", reason="damaged")
+    cut_eoi = base_jpg[: len(base_jpg) // 2] + b"\xff\xd9"
+    put("cut_with_eoi.jpg", cut_eoi, "failed", "cut JPEG + end marker", reason="damaged")
+    put("trailer.jpg", base_jpg + b"maker data" * 100, "done", "bytes after the end marker")
+    ungradable = "ungradable"
+    thumb = cv2.resize(base, (96, 64), interpolation=cv2.INTER_AREA)
+    put(
+        "thumb_96x64.jpg",
+        jpeg(thumb),
+        "done",
+        "a 96x64 thumbnail",
+        flags=("low_resolution",),
+        status=ungradable,
+    )
+    strip = cv2.resize(base, (2000, 64), interpolation=cv2.INTER_AREA)
+    put(
+        "strip_2000x64.png",
+        png(strip),
+        "done",
+        "a strip",
+        flags=("low_resolution",),
+        status=ungradable,
+    )
+    blurred = cv2.GaussianBlur(base, (0, 0), 8)
+    put("blurred.jpg", jpeg(blurred), "done", "defocused", flags=("blurred",), status=ungradable)
+    dark = cv2.convertScaleAbs(base, alpha=0.15)
+    put("dark.jpg", jpeg(dark), "done", "underexposed", flags=("low_quality",), status=ungradable)
+    pages = io.BytesIO()
+    small = Image.fromarray(cv2.cvtColor(cv2.resize(base, (120, 80)), cv2.COLOR_BGR2RGB))
+    full = Image.fromarray(cv2.cvtColor(base, cv2.COLOR_BGR2RGB))
+    small.save(pages, "TIFF", save_all=True, append_images=[full])
+    put(
+        "thumb_first.tif",
+        pages.getvalue(),
+        "done",
+        "TIFF: thumbnail page first",
+        flags=("tiff_page_2_of_2",),
+        status="ok",
+    )
+    f32 = io.BytesIO()
+    grey = cv2.cvtColor(base, cv2.COLOR_BGR2GRAY).astype(np.float32) / 255
+    Image.fromarray(grey, mode="F").save(f32, "TIFF")
+    put("float32.tif", f32.getvalue(), "done", "float TIFF", flags=("converted_to_8bit",))
+    text = png(base)
+    payload = b"Comment\x00\x00" + zlib.compress(b"x" * (8 << 20))
+    body = b"zTXt" + payload
+    chunk = struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+    put("big_text_chunk.png", text[:33] + chunk + text[33:], "done", "8 MB of zTXt")
+    ds = pydicom.dcmread(io.BytesIO(good_dcm))
+    ds.NumberOfFrames = 3  # claims 3 frames, holds 1
+    put(
+        "frames_short.dcm", dicom_bytes(ds), "failed", "frames shorter than claimed", reason="DICOM"
+    )
+    ds = pydicom.dcmread(io.BytesIO(good_dcm))
+    ds.Rows = ds.Rows + 7  # pixel data no longer matches Rows x Columns
+    put(
+        "rows_mismatch.dcm",
+        dicom_bytes(ds),
+        "failed",
+        "Rows disagrees with the data",
+        reason="DICOM",
+    )
+    ds = pydicom.dcmread(io.BytesIO(good_dcm))
+    ds.SamplesPerPixel = 4
+    put("bad_samples.dcm", dicom_bytes(ds), "failed", "SamplesPerPixel 4", reason="DICOM")
+    ds = pydicom.dcmread(io.BytesIO(good_dcm))
+    ds.BitsAllocated = 12
+    put("bits12.dcm", dicom_bytes(ds), "failed", "BitsAllocated 12", reason="DICOM")
+    put("zeros.jpg", b"\xff\xd8\xff" + bytes(5000), "failed", "JPEG magic then zeros")
+    put("png_header_only.png", png(base)[:40], "failed", "PNG cut after IHDR", reason="PNG")
+    noise = np.random.default_rng(3).integers(0, 256, base.shape, dtype=np.uint8)
+    put("noise.png", png(noise), "done", "random noise", status=ungradable)
+    del rgb
 
 
 IGNORED = (".hidden.jpg", "upload.jpg.part", "download.tmp", "folder.jpg")

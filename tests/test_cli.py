@@ -37,9 +37,15 @@ def assert_clean(proc: subprocess.CompletedProcess) -> None:
 
 
 def synthetic_fundus(h: int = 712, w: int = 1072) -> np.ndarray:
-    """A disc on black, reddish, with a few dark blobs: enough to exercise the pipeline."""
+    """A disc on black, reddish, with vessel-like lines and a few dark blobs: enough to
+    exercise the pipeline."""
     img = np.zeros((h, w, 3), np.uint8)
     cv2.circle(img, (w // 2, h // 2), int(h * 0.6), (30, 80, 170), -1)
+    rng = np.random.default_rng(7)
+    for _ in range(40):  # vessel-like lines: a flat disc would be (rightly) "blurred"
+        p0 = tuple(int(v) for v in rng.integers((w // 4, h // 8), (3 * w // 4, 7 * h // 8)))
+        p1 = tuple(int(v) for v in rng.integers((w // 4, h // 8), (3 * w // 4, 7 * h // 8)))
+        cv2.line(img, p0, p1, (20, 50, 120), 2)
     for x, y in ((w // 3, h // 3), (2 * w // 3, h // 2)):
         cv2.circle(img, (x, y), 12, (10, 25, 60), -1)
     return img

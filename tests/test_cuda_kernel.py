@@ -4,7 +4,8 @@
   ``preprocess.preprocess_frame`` on every shared fundus image, and the reference resampler on
   fractional / enlarging boxes, within float rounding (asserted <= 1/255, observed ~1e-7).
 * The nvcc fatbin build (sm_87, sm_90, compute_90 PTX) runs where nvcc exists; it only compiles.
-* ``gpu``-marked tests launch the kernel through pycuda; they skip without a GPU and pycuda.
+* ``gpu``-marked tests launch the kernel through pycuda (else CuPy, where pycuda cannot be
+  built); they skip without a GPU. ``make gpu-check`` (``tools/gpu_check.py``) runs them.
 """
 
 from __future__ import annotations
@@ -55,9 +56,9 @@ def _cmake_build(build_dir: Path, *args: str, target: str | None = None) -> None
     assert bld.returncode == 0, f"cmake build failed:\n{bld.stdout}\n{bld.stderr}"
 
 
-@pytest.fixture(scope="session")
-def host_lib(tmp_path_factory):
-    """The host library: $HEMOSEG_CUDA_HOST_LIB, a fresh build/ one, else a temp cmake build."""
+def load_host_lib(tmp_path_factory):
+    """The host library: $HEMOSEG_CUDA_HOST_LIB, a fresh build/ one, else a temp cmake build
+    (also used by tests/test_device_preprocess.py)."""
     from hemoseg_edge.cuda import host
 
     env = os.environ.get(host.LIB_ENV)
@@ -69,6 +70,11 @@ def host_lib(tmp_path_factory):
     build_dir = tmp_path_factory.mktemp("hemoseg_host_build")
     _cmake_build(build_dir, "-DHEMOSEG_ENABLE_CUDA=OFF")
     return host.load_library(build_dir / host.LIB_NAME)
+
+
+@pytest.fixture(scope="session")
+def host_lib(tmp_path_factory):
+    return load_host_lib(tmp_path_factory)
 
 
 def _reference_plane(frame: np.ndarray, box, out_hw) -> np.ndarray:
@@ -204,46 +210,85 @@ def test_nvcc_fatbin_build(tmp_path):
     assert _fatbin_entries(fatbin.read_bytes()) >= {("elf", 87), ("elf", 90), ("ptx", 90)}
 
 
-def _gpu_or_skip():
-    from hemoseg_edge.cuda.gpu import NoGpuError, open_context
+@pytest.fixture
+def gpu_runner():
+    """The kernel on the GPU: pycuda's ``GpuPreprocessor`` in a fresh context, else CuPy's
+    ``CupyPreprocessor`` (where pycuda cannot be built); skips with both reasons."""
+    from hemoseg_edge.cuda.gpu import GpuPreprocessor, NoGpuError, open_context
 
     try:
-        return open_context()
+        _cuda, ctx = open_context()
     except NoGpuError as e:
-        pytest.skip(str(e))
+        pycuda_reason = str(e)
+    else:
+        runner = None
+        try:
+            runner = GpuPreprocessor()
+            yield runner
+        finally:
+            if runner is not None:
+                runner.close()
+            ctx.pop()
+            ctx.detach()
+        return
+    from hemoseg_edge.cuda.cupy_gpu import CupyPreprocessor
+
+    try:
+        cupy_runner = CupyPreprocessor()
+    except NoGpuError as e:
+        pytest.skip(f"{pycuda_reason}; {e}")
+    yield cupy_runner
 
 
 @pytest.mark.gpu
-def test_gpu_kernel_matches_reference():
-    cuda, ctx = _gpu_or_skip()
-    try:
-        from hemoseg_edge.cuda.gpu import GpuPreprocessor
+def test_gpu_kernel_matches_reference(gpu_runner):
+    frame = _synthetic_frame(712, 1072, seed=2)
+    for box, out_hw in [
+        ((30.0, 0.0, 1050.0, 712.0), DEFAULT_INPUT_HW),
+        ((10.25, 7.5, 200.75, 150.125), (560, 576)),
+    ]:
+        got = gpu_runner.run_to_host(frame, box, out_hw)
+        ref = _reference_plane(frame, box, out_hw)
+        assert float(np.abs(got - ref).max()) <= 1e-5, gpu_runner.source
 
-        runner = GpuPreprocessor()
-        frame = _synthetic_frame(712, 1072, seed=2)
-        for box, out_hw in [
-            ((30.0, 0.0, 1050.0, 712.0), DEFAULT_INPUT_HW),
-            ((10.25, 7.5, 200.75, 150.125), (560, 576)),
-        ]:
-            got = runner.run_to_host(frame, box, out_hw)
-            ref = _reference_plane(frame, box, out_hw)
-            assert float(np.abs(got - ref).max()) <= 1e-5, runner.source
+
+@pytest.mark.gpu
+def test_gpu_kernel_staged_uploads_on_a_stream(gpu_runner):
+    """pycuda: frames uploaded through the page-locked staging buffer on a stream, back to back
+    (the second refills the buffer only after the first upload finished), a row-padded view
+    packed on the way; each result equals the reference."""
+    from hemoseg_edge.cuda.gpu import GpuPreprocessor
+
+    if not isinstance(gpu_runner, GpuPreprocessor):
+        pytest.skip("the staged upload is pycuda's (GpuPreprocessor)")
+    import pycuda.driver as cuda
+
+    stream = cuda.Stream()
+    a = _synthetic_frame(300, 400, seed=3)
+    padded = np.zeros((320, 440, 3), np.uint8)
+    padded[:300, :400] = _synthetic_frame(300, 400, seed=4)
+    b = padded[:300, :400]
+    box, hw = (12.0, 5.0, 390.0, 296.0), (120, 160)
+    outs = [np.empty(hw, np.float32) for _ in range(2)]
+    devs = [cuda.mem_alloc(o.nbytes) for o in outs]
+    try:
+        for frame, dev in zip((a, b), devs, strict=True):
+            gpu_runner.run(frame, box, int(dev), hw, stream=stream)
+        stream.synchronize()
+        for out, dev in zip(outs, devs, strict=True):
+            cuda.memcpy_dtoh(out, dev)
     finally:
-        ctx.pop()
+        for dev in devs:
+            dev.free()
+    for frame, out in zip((a, b), outs, strict=True):
+        assert float(np.abs(out - _reference_plane(frame, box, hw)).max()) <= 1e-5
 
 
 @pytest.mark.gpu
 @pytest.mark.data
-def test_gpu_kernel_matches_reference_on_shared_images():
-    cuda, ctx = _gpu_or_skip()
-    try:
-        from hemoseg_edge.cuda.gpu import GpuPreprocessor
-
-        runner = GpuPreprocessor()
-        for path in _dataset_images("idrid")[:5] + _dataset_images("diaretdb1")[:5]:
-            loaded = load_image(path, DEFAULT_INPUT_HW)
-            pre = preprocess_frame(loaded.frame, loaded.original_hw)
-            got = runner.run_to_host(loaded.frame, pre.fov.box, DEFAULT_INPUT_HW)
-            assert float(np.abs(got - pre.tensor[0, 0]).max()) <= TOL, path.name
-    finally:
-        ctx.pop()
+def test_gpu_kernel_matches_reference_on_shared_images(gpu_runner):
+    for path in _dataset_images("idrid")[:5] + _dataset_images("diaretdb1")[:5]:
+        loaded = load_image(path, DEFAULT_INPUT_HW)
+        pre = preprocess_frame(loaded.frame, loaded.original_hw)
+        got = gpu_runner.run_to_host(loaded.frame, pre.fov.box, DEFAULT_INPUT_HW)
+        assert float(np.abs(got - pre.tensor[0, 0]).max()) <= TOL, path.name

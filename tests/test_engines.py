@@ -1,7 +1,9 @@
 """FP16 / INT8 conversion, TensorRT Q/DQ rules, engine files and the TensorRT backend's errors.
 
-Everything except the ``gpu`` test runs without TensorRT or a GPU. The accuracy-parity test needs
-the shipped FP32/FP16/INT8 models in ``engines/`` and the IDRiD test set (``data``, ``slow``).
+Everything except the ``gpu`` tests runs without TensorRT or a GPU (``make gpu-check`` runs
+those: engines at three precisions against ONNX Runtime, and the GPU preprocessing path). The
+accuracy-parity test needs the shipped FP32/FP16/INT8 models in ``engines/`` and the IDRiD test
+set (``data``, ``slow``).
 """
 
 from __future__ import annotations
@@ -482,6 +484,129 @@ def test_tensorrt_engine_builds_and_matches_ort(unet_fp32, unet_fp16, unet_int8,
         seg.backend.close()
     seg = Segmenter.from_engine(tmp_path / "fp32.onnx", backend="tensorrt")  # builds + caches
     assert list(tmp_path.glob("fp32.*.engine"))
+
+
+def _trt_or_skip() -> None:
+    if not _trt_usable() or importlib.util.find_spec("pycuda") is None:
+        pytest.skip("needs TensorRT and pycuda on an NVIDIA GPU")
+
+
+def _read_input_binding(backend) -> np.ndarray:
+    """The TensorRT backend's input binding (device) as it stands, copied to the host."""
+    out = np.empty(backend.input_spec.shape, np.float32)
+    backend._ctx.push()
+    try:
+        backend._cuda.memcpy_dtoh(out, backend._dev_in)
+    finally:
+        backend._ctx.pop()
+    return out
+
+
+@pytest.mark.gpu
+def test_tensorrt_preprocesses_on_the_gpu(tmp_path, sample_image):
+    """``Segmenter`` on a TensorRT engine takes the device path: the kernel fills the engine's
+    input binding (read back: equal to the CPU tensor within float rounding, for BGR, grey,
+    BGRA and row-padded frames), and the results match ONNX Runtime's CPU path on the same
+    model (the tiny 1x1-conv model at the default input size; no keras needed)."""
+    _trt_or_skip()
+    from hemoseg_edge.backends.tensorrt import TensorRtBackend
+    from hemoseg_edge.build.trt_engine import build_engine_file
+    from hemoseg_edge.inputs import load_image
+    from hemoseg_edge.preprocess import preprocess_frame
+    from hemoseg_edge.segmenter import Segmenter
+
+    md = ModelMetadata(version="test-tiny", threshold=0.5, training_data="none (test model)")
+    src = tmp_path / "tiny.onnx"
+    src.write_bytes(make_tiny_onnx(metadata=md))
+    engine = build_engine_file(src, tmp_path / "tiny.engine", workspace_mb=256)
+    seg = Segmenter.from_engine(engine)
+    be = seg.backend
+    try:
+        assert isinstance(be, TensorRtBackend) and be.takes_frames
+        assert be.providers[-1].startswith("preprocess: CUDA kernel")
+        image = load_image(sample_image, seg.metadata.input_hw)
+        pre = preprocess_frame(image.frame, image.original_hw, seg.metadata.input_hw)
+        box = tuple(float(v) for v in pre.fov.box)
+        frame = image.frame
+        padded = np.zeros((frame.shape[0], frame.shape[1] + 24, 3), np.uint8)
+        padded[:, : frame.shape[1]] = frame
+        bgra = np.concatenate([frame, np.full(frame.shape[:2] + (1,), 9, np.uint8)], axis=2)
+        variants = {
+            "bgr": frame,
+            "grey": np.ascontiguousarray(frame[:, :, 1]),
+            "bgra": bgra,
+            "padded": padded[:, : frame.shape[1]],
+        }
+        for name, variant in variants.items():
+            prob = be.run_frame(variant, box)
+            binding = _read_input_binding(be)
+            assert np.abs(binding - pre.tensor).max() <= 1e-5, name
+            assert prob.shape == pre.tensor.shape and prob.dtype == np.float32
+        # the same engine on the CPU-made tensor: the inputs differ only by float rounding
+        assert np.abs(be.run(pre.tensor) - be.run_frame(frame, box)).max() <= 1e-2
+        cpu = Segmenter.from_engine(src, backend="onnxruntime")
+        got, want = seg.segment(image), cpu.segment(image)
+        assert got.geometry == want.geometry
+        assert np.abs(got.probability - want.probability).max() <= 2e-2
+        assert np.mean(got.mask != want.mask) <= 1e-3
+        results = list(seg.segment_batch([image, image]))
+        assert all(np.array_equal(r.probability, got.probability) for _, r in results)
+    finally:
+        be.close()
+
+
+def _tiny_fp16_io_onnx(hw=HW) -> bytes:
+    """The tiny model with a float16 input (Cast to float inside): an FP16-I/O engine."""
+    md = ModelMetadata(input_height=hw[0], input_width=hw[1], version="tiny-fp16-io")
+    weight = numpy_helper.from_array(np.full((1, 1, 1, 1), -40.0, np.float32), "w")
+    bias = numpy_helper.from_array(np.array([6.0], np.float32), "b")
+    nodes = [
+        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["x", "w", "b"], ["z"]),
+        helper.make_node("Sigmoid", ["z"], ["probability"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_fp16_io",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT16, [1, 1, *hw])],
+        [helper.make_tensor_value_info("probability", TensorProto.FLOAT, [1, 1, *hw])],
+        [weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for k, v in md.to_props().items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+@pytest.mark.gpu
+def test_tensorrt_half_input_engine_is_refused_for_gpu_preprocessing(tmp_path, sample_image):
+    """The kernel writes float32: a float16-input engine is refused with one line, and runs
+    with CPU preprocessing (``gpu_preprocess=False``: tensors cast to half on the host)."""
+    _trt_or_skip()
+    from hemoseg_edge.build.trt_engine import build_engine_file
+    from hemoseg_edge.segmenter import Segmenter
+
+    src = tmp_path / "half_io.onnx"
+    src.write_bytes(_tiny_fp16_io_onnx())
+    engine = build_engine_file(src, tmp_path / "half_io.engine", workspace_mb=256)
+    with pytest.raises(ModelError, match="float16") as e:
+        Segmenter.from_engine(engine)
+    assert "\n" not in str(e.value)
+    seg = Segmenter.from_engine(engine, gpu_preprocess=False)
+    try:
+        assert not seg.backend.takes_frames
+        assert seg.backend.providers[-1] == "preprocess: CPU"
+        image = seg.load(sample_image)
+        pre = seg.preprocess(image)
+        assert pre.tensor is not None
+        x = pre.tensor.astype(np.float16).astype(np.float32)
+        want = 1.0 / (1.0 + np.exp(-(6.0 - 40.0 * x)))
+        assert np.abs(seg.backend.run(pre.tensor) - want).max() <= 1e-2
+        seg.segment(image)
+    finally:
+        seg.backend.close()
 
 
 # --------------------------------------------------------------------------------------------

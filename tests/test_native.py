@@ -7,7 +7,6 @@ filled circle, and the whole preprocessing of real IDRiD/DIARETDB1 images.
 from __future__ import annotations
 
 import os
-import platform
 
 import cv2
 import numpy as np
@@ -55,49 +54,7 @@ def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("HEMOSEG_NATIVE", "0")
     native._load.cache_clear()
     assert not native.available()  # the numpy/OpenCV references then run
-    assert native.area_max3(np.zeros((100, 100, 3), np.uint8), (50, 33)) is None
     native._load.cache_clear()
-
-
-@pytest.mark.parametrize("simd", [True, False], ids=["simd", "scalar"])
-def test_area_max3_equals_opencv_inter_area(needs_native, simd):
-    """Both code paths (AVX2 gathers where the CPU has them, and scalar) equal OpenCV."""
-    if platform.machine().lower() not in native._AREA_MAX3_MACHINES:
-        pytest.skip("area_max3 runs on x86-64 only (OpenCV's reference there)")
-    with native.simd(simd) as on:
-        if simd and not on:
-            pytest.skip("this CPU has no AVX2: the scalar code runs")
-        _check_area_max3()
-
-
-def _check_area_max3():
-    rng = np.random.default_rng(0)
-    frames = real_frames()
-    frames.append(frames[0][3:-5, 7:-2])  # rows with a stride wider than the row
-    for i in range(60):
-        h, w = (int(v) for v in rng.integers(8, 700, 2))
-        f = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-        f = cv2.GaussianBlur(f, (5, 5), 2) if i % 2 else f
-        if i % 3 == 0:  # black surround, as around a fundus: rows skip their zero ends
-            f[:, : w // 5] = 0
-            f[:, w - w // 4 :] = 0
-            f[: h // 6] = 0
-            f[rng.integers(0, h, h // 10)] = 0
-        frames.append(f)
-    compared = 0
-    for f in frames:
-        h, w = f.shape[:2]
-        sizes = [(max(1, round(w * min(1.0, 512 / w))), max(1, round(h * min(1.0, 512 / w))))]
-        sizes.append((int(rng.integers(1, w)), int(rng.integers(1, h))))
-        for size in sizes:
-            got = native.area_max3(f, size)
-            if got is None:  # integer scale or no shrink: OpenCV's other code path
-                continue
-            ref = cv2.resize(f, size, interpolation=cv2.INTER_AREA).max(axis=2)
-            assert np.array_equal(got, ref), (f.shape, size)
-            compared += 1
-    assert compared > 60
-    assert native.area_max3(np.zeros((100, 100, 3), np.uint8), (50, 50)) is None  # 2x: fast path
 
 
 def test_area_resample_equals_reference(needs_native):

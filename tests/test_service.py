@@ -125,7 +125,7 @@ def imread(path: Path) -> np.ndarray | None:
 
 def check_results(out: Path, name: str) -> dict:
     """The three outputs of a done file exist and decode; returns the JSON."""
-    mask_name, overlay_name, json_name = result_names(name)
+    mask_name, overlay_name, _report_name, json_name = result_names(name)
     d = json.loads((out / "results" / json_name).read_text())
     mask = imread(out / "results" / mask_name)
     overlay = imread(out / "results" / overlay_name)
@@ -147,7 +147,7 @@ def test_corpus_each_case_ends_once_with_a_reason(tmp_path, tiny_model):
     in_dir.mkdir()
     cases = corpus.build(in_dir, real_sources(2))
     corpus.write_ignored(in_dir)
-    assert len(cases) >= 25
+    assert len(cases) >= 60
     svc = ServiceProc(tmp_path, service_args(in_dir, out, tiny_model, "--settle", "0.5"))
     svc.wait_for("event=started")
     writers = corpus.start_late_writers(in_dir, cases)
@@ -184,6 +184,8 @@ def test_corpus_each_case_ends_once_with_a_reason(tmp_path, tiny_model):
         if where == "done":
             d = check_results(out, c.name)
             assert set(c.flags) <= set(d["flags"]), (c.name, d["flags"])
+            if c.status:
+                assert d["status"] == c.status, (c.name, d["status"], d["flags"])
             if c.dicom:
                 assert d["dicom"]["PatientID"] == "TEST-0001"
                 assert set(d["dicom"]) >= {"StudyInstanceUID", "SOPInstanceUID", "SOPClassUID"}
@@ -191,7 +193,7 @@ def test_corpus_each_case_ends_once_with_a_reason(tmp_path, tiny_model):
             reason = (out / "failed" / f"{c.name}.reason.txt").read_bytes().decode()
             assert reason.count("\n") == 1 and reason.strip(), (c.name, reason)
             assert c.reason.lower() in reason.lower(), (c.name, reason)
-            assert not (out / "results" / result_names(c.name)[2]).exists()
+            assert not (out / "results" / result_names(c.name)[-1]).exists()
     status = json.loads((out / "status.json").read_text())
     assert (status["processed"], status["failed"]) == (len(done), len(failed))
     assert status["state"] == "stopped" and status["last_error"]["reason"]
@@ -364,6 +366,32 @@ def test_open_for_writing_sees_a_writer(tmp_path):
         f.flush()
         assert open_for_writing(p)
     assert not open_for_writing(p)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux file leases")
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+def test_open_for_writing_is_unknown_not_false_on_a_file_of_another_user(tmp_path):
+    """The documented deployment: the camera's user writes, the service's user reads. The
+    lease is refused with EACCES there; that must read as "unknown", never "not open"."""
+    p = tmp_path / "camera.jpg"
+    p.write_bytes(b"x")
+    p.chmod(0o644)
+    tmp_path.chmod(0o755)
+    with open(p, "ab"):  # a writer holds it open
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the service's user: not the owner, no CAP_LEASE
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                os.write(w, repr(open_for_writing(p)).encode())
+            finally:
+                os._exit(0)
+        os.close(w)
+        os.waitpid(pid, 0)
+        got = os.read(r, 100).decode()
+        os.close(r)
+    assert got == "None"
 
 
 # --- DICOM -------------------------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """Training side: the paper's layer structure, a training step that learns, augmentation
-alignment, the recipes' smoke runs and resume. No real training here."""
+alignment, the batches and callbacks of ``model.fit`` training, the recipes' smoke runs and
+resume (at a tiny input size). No real training here."""
 
 from __future__ import annotations
 
 import csv
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,8 @@ from conftest import REPO, require_data
 
 keras = pytest.importorskip("keras")
 pytestmark = pytest.mark.train
+if str(REPO) not in sys.path:  # `training` is no installed package: plain `pytest` too
+    sys.path.insert(0, str(REPO))
 
 from training.augment import augment, geometric  # noqa: E402
 from training.model import BOTTLENECK, DECODER, ENCODER, build_unet, conv_flops  # noqa: E402
@@ -79,62 +83,311 @@ def test_augmentation_is_seeded():
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
 
 
-def _train(args, tmp_path):
-    import subprocess
-    import sys
+def test_phases_follow_the_patch_schedule():
+    from training.patches import parse_schedule, patch_for, phases, steps_for
 
-    env = dict(os.environ, HEMOSEG_CACHE=str(os.environ.get("HEMOSEG_CACHE", tmp_path / "cache")))
-    return subprocess.run(
-        [sys.executable, "-m", "training.train", "--no-progress", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=env,
-        timeout=900,
-    )
+    schedule = parse_schedule("128:15, 192:30")
+    assert schedule == [(128, 15), (192, 30)]
+    assert phases(0, 40, schedule, 256) == [(0, 15, 128), (15, 30, 192), (30, 40, 256)]
+    assert phases(20, 40, schedule, 256) == [(20, 30, 192), (30, 40, 256)]
+    assert phases(3, 10, schedule, 256) == [(3, 10, 128)]
+    assert phases(40, 40, schedule, 256) == [] and phases(0, 5, [], 448) == [(0, 5, 448)]
+    for first, end, size in phases(0, 40, schedule, 256):
+        assert {patch_for(e, schedule, 256) for e in range(first, end)} == {size}
+    assert steps_for(128, 100, 256) == 400 and steps_for(256, 100, 256) == 100
+
+
+class _Ex:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+
+def _examples(n=5, hw=(48, 64)):
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        x = rng.uniform(0.1, 1.0, hw).astype(np.float32)
+        y = np.zeros(hw, np.float32)
+        y.flat[rng.choice(y.size, i + 1, replace=False)] = 1.0  # image i: i + 1 lesion pixels
+        out.append(_Ex(x, y))
+    return out
+
+
+def test_batches_are_a_function_of_seed_epoch_and_index():
+    """What makes resume and discarded prefetches harmless: no generator state."""
+    from training.patches import ImageBatches, PatchBatches
+
+    data = PatchBatches(_examples(), patch=32, steps=3, batch=4, lesion_fraction=0.6, seed=1)
+    assert len(data) == 3 and data.samples == 12
+    xb, yb = data[2]
+    assert xb.shape == yb.shape == (4, 32, 32, 1) and xb.dtype == yb.dtype == np.float32
+    again = PatchBatches(_examples(), 32, 3, 4, 0.6, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(again[2], data[2], strict=True))
+    assert not np.array_equal(data[1][0], data[2][0])
+    data.epoch = 1
+    assert not np.array_equal(data[2][0], again[2][0])
+
+    images = ImageBatches(_examples(), batch=2, seed=0, epoch=3)
+    assert len(images) == 3 and images.samples == 5 and images.patch is None
+    batches = [images[i] for i in range(len(images))]
+    assert [b[0].shape for b in batches] == [(2, 48, 64, 1)] * 2 + [(1, 48, 64, 1)]
+    lesions = sorted(int(y.sum()) for _, yb in batches for y in yb)
+    assert lesions == [1, 2, 3, 4, 5]  # every image once per epoch
+
+
+def test_callback_state_is_put_back_at_the_next_fit(tmp_path):
+    """fit resets EarlyStopping and ReduceLROnPlateau at its start; BackupAndRestore does not
+    keep any callback's counters: CallbackState does, keyed by epoch."""
+    from training.callbacks import CallbackState
+
+    def stock():
+        return {
+            "checkpoint": keras.callbacks.ModelCheckpoint(
+                str(tmp_path / "b.weights.h5"), monitor="val_aupr", mode="max"
+            ),
+            "early_stop": keras.callbacks.EarlyStopping(monitor="val_aupr", mode="max"),
+            "reduce_lr": keras.callbacks.ReduceLROnPlateau(monitor="val_aupr", mode="max"),
+        }
+
+    path = tmp_path / "callback_state.json"
+    first = stock()
+    for cb in first.values():
+        cb.on_train_begin()
+    first["checkpoint"].best = first["early_stop"].best = first["reduce_lr"].best = 0.25
+    first["early_stop"].wait, first["early_stop"].best_epoch = 3, 1
+    first["reduce_lr"].wait, first["reduce_lr"].cooldown_counter = 2, 1
+    CallbackState(path, first).on_epoch_end(4)  # after 5 epochs
+    first["early_stop"].wait = 9
+    CallbackState(path, first).on_epoch_end(5)  # a later epoch: kept apart
+
+    second = stock()
+    state = CallbackState(path, second)
+    for cb in [*second.values(), state]:
+        cb.on_train_begin()
+    state.on_epoch_begin(5)  # resuming after 5 epochs
+    assert second["checkpoint"].best == second["early_stop"].best == 0.25
+    assert (second["early_stop"].wait, second["early_stop"].best_epoch) == (3, 1)
+    assert (second["reduce_lr"].wait, second["reduce_lr"].cooldown_counter) == (2, 1)
+    second["early_stop"].wait = 4
+    state.on_epoch_begin(6)  # only the first epoch of a fit restores
+    assert second["early_stop"].wait == 4
+
+
+def test_csv_logger_counts_epochs_from_one_and_keeps_the_file_columns(tmp_path):
+    from training.callbacks import EpochCSVLogger
+    from training.train import _trim_log
+
+    log = tmp_path / "log.csv"
+    logger = EpochCSVLogger(str(log), append=True)
+    logger.on_train_begin()
+    logger.on_epoch_end(0, {"val_aupr": 0.5, "loss": 1.0})
+    logger.on_train_end()
+    assert log.read_text().splitlines() == ["epoch,loss,val_aupr", "1,1.0,0.5"]
+    log.write_text("epoch,val_aupr,loss,note\n1,0.5,1.0,x\n")  # other columns, e.g. older
+    logger = EpochCSVLogger(str(log), append=True)  # a resumed run
+    logger.on_train_begin()
+    for epoch in (1, 2):
+        logger.on_epoch_end(epoch, {"loss": 0.5 / epoch, "val_aupr": 0.25 * epoch})
+    logger.on_train_end()
+    rows = list(csv.DictReader(open(log)))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert [float(r["val_aupr"]) for r in rows] == [0.5, 0.25, 0.5]
+    assert [float(r["loss"]) for r in rows] == [1.0, 0.5, 0.25]
+    assert [r["note"] for r in rows] == ["x", "", ""]
+    _trim_log(log, 2)  # resuming after epoch 2: epoch 3 is trained and logged again
+    assert [r["epoch"] for r in csv.DictReader(open(log))] == ["1", "2"]
+    assert log.read_text().startswith("epoch,val_aupr,loss,note\n")
+
+
+def tiny_net(input_hw=(None, None)):
+    """The loop tests' stand-in for the U-Net (tracing the U-Net's training step would take
+    most of a tiny run): 3x3 conv -> ReLU -> BatchNorm -> 1x1 conv -> sigmoid, v1's order."""
+    inp = keras.Input(shape=(*input_hw, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    x = keras.layers.BatchNormalization()(x)
+    out = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32")(x)
+    return keras.Model(inp, out)
+
+
+@pytest.fixture
+def tiny_train(tmp_path_factory, monkeypatch):
+    """``training.train.main`` in this process with ``tiny_net`` for the U-Net, float32, no
+    progress bars, on the IDRiD images (preprocessed into ``HEMOSEG_CACHE`` when set, else a
+    temporary cache)."""
+    require_data()
+    import training.model
+    from training.train import main
+
+    monkeypatch.setattr(training.model, "build_unet", tiny_net)
+    if "HEMOSEG_CACHE" not in os.environ:
+        monkeypatch.setenv("HEMOSEG_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+    def run(*args):
+        assert main(["--no-progress", "--precision", "float32", *args]) == 0
+
+    yield run
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def _optimizer_state(weights_file) -> tuple[int, float]:
+    """(iterations, learning rate) of the Adam state in a ``.weights.h5`` file."""
+    import h5py
+
+    with h5py.File(weights_file) as f:
+        return int(f["optimizer/vars/0"][()]), float(f["optimizer/vars/1"][()])
+
+
+def _log(run):
+    return list(csv.DictReader(open(run / "log.csv")))
+
+
+CPU_TINY = ["--recipe", "cpu", "--limit", "1", "--steps", "1", "--patch", "64"]
+CPU_TINY += ["--patch-schedule", "", "--recal-images", "1"]
 
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_cpu_recipe_checkpoints_and_resumes(tmp_path):
-    require_data()
+def test_cpu_recipe_resumes_after_a_stop(tiny_train, tmp_path, capsys):
+    import shutil
+
     run = tmp_path / "run"
-    common = [
-        "--recipe",
-        "cpu",
-        "--limit",
-        "2",
-        "--steps",
-        "1",
-        "--patch",
-        "64",
-        "--patch-schedule",
-        "",
-        "--run-dir",
-        str(run),
-    ]
-    p1 = _train([*common, "--epochs", "1"], tmp_path)
-    assert p1.returncode == 0, p1.stderr[-2000:]
-    p2 = _train([*common, "--epochs", "2", "--resume"], tmp_path)
-    assert p2.returncode == 0, p2.stderr[-2000:]
-    assert "resumed" in p2.stdout
-    rows = list(csv.DictReader(open(run / "log.csv")))
+    tiny_train(*CPU_TINY, "--run-dir", str(run), "--epochs", "1")
+    shutil.copytree(run / "backup", tmp_path / "backup_after_1")
+    tiny_train(*CPU_TINY, "--run-dir", str(run), "--epochs", "2", "--resume")
+    assert f"resumed {run} at epoch 1" in capsys.readouterr().out
+    rows = _log(run)
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert (run / "best.weights.h5").exists() and (run / "curves.png").exists()
+    for r in rows:
+        assert float(r["seconds"]) > 0 and float(r["samples_per_s"]) > 0
+        assert float(r["lr"]) == 1e-3 and r["patch"] == "64"
+        assert 0 <= float(r["val_aupr"]) <= 1 and 0 <= float(r["val_dice_best"]) <= 1
+    assert _optimizer_state(run / "backup" / "latest.weights.h5")[0] == 2  # 1 step per epoch
+    # best.weights.h5 is the first epoch of highest validation AUPR (its optimizer has seen
+    # that many steps)
+    aupr = [float(r["val_aupr"]) for r in rows]
+    assert _optimizer_state(run / "best.weights.h5")[0] == 1 + aupr.index(max(aupr))
+    assert (run / "curves.png").exists() and (run / "run_info.json").exists()
+
+    # a stop after epoch 2 was logged but before its backup was written: epoch 2 again, once
+    shutil.rmtree(run / "backup")
+    shutil.copytree(tmp_path / "backup_after_1", run / "backup")
+    tiny_train(*CPU_TINY, "--run-dir", str(run), "--epochs", "2", "--resume")
+    assert [r["epoch"] for r in _log(run)] == ["1", "2"]
+    assert _optimizer_state(run / "backup" / "latest.weights.h5")[0] == 2
+
+    (run / "state.json").write_text("{}")  # as if an older loop's checkpoint were there
+    tiny_train(*CPU_TINY, "--run-dir", str(run), "--epochs", "1")  # no --resume: fresh
+    assert [r["epoch"] for r in _log(run)] == ["1"] and not (run / "state.json").exists()
+    assert _optimizer_state(run / "backup" / "latest.weights.h5")[0] == 1
+
+
+def _weights(weights_file) -> dict:
+    import h5py
+
+    out = {}
+    with h5py.File(weights_file) as f:
+        f.visititems(lambda name, d: out.update({name: d[()]}) if hasattr(d, "shape") else None)
+    return out
 
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_paper_recipe_smoke(tmp_path):
-    require_data()
-    run = tmp_path / "paper"
-    p = _train(
-        ["--recipe", "paper", "--epochs", "1", "--limit", "4", "--run-dir", str(run)], tmp_path
+def test_resumed_run_trains_as_an_uninterrupted_one(tiny_train, tmp_path):
+    """Same batches (seeded per epoch), same weights and Adam state after the resume: the same
+    losses and the same final weights, optimizer included. With a patch schedule: the run
+    without a stop changes patch size (and fit call) where the other one resumes."""
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    args = [*CPU_TINY, "--steps", "2", "--patch-schedule", "32:1"]
+    tiny_train(*args, "--run-dir", str(straight), "--epochs", "2")
+    tiny_train(*args, "--run-dir", str(resumed), "--epochs", "1")
+    tiny_train(*args, "--run-dir", str(resumed), "--epochs", "2", "--resume")
+    a, b = _log(straight), _log(resumed)
+    assert [r["epoch"] for r in b] == ["1", "2"]
+    assert [r["patch"] for r in a] == [r["patch"] for r in b] == ["32", "64"]
+    # 32 px: 4x the steps of 64 px
+    assert _optimizer_state(straight / "backup" / "latest.weights.h5")[0] == 8 + 2
+    for key in ("loss", "val_aupr", "val_dice_best"):
+        assert [float(r[key]) for r in b] == pytest.approx([float(r[key]) for r in a], abs=2e-4)
+    wa = _weights(straight / "backup" / "latest.weights.h5")
+    wb = _weights(resumed / "backup" / "latest.weights.h5")
+    assert wa.keys() == wb.keys() and any(k.startswith("optimizer") for k in wa)
+    for k in wa:
+        np.testing.assert_allclose(wb[k], wa[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_resumed_run_selects_halves_and_stops_on_the_stored_best(tiny_train, tmp_path):
+    """After a resume ModelCheckpoint, ReduceLROnPlateau and EarlyStopping compare with the
+    best validation AUPR of the epochs before the stop: here an unreachable 0.99."""
+    import json
+
+    run = tmp_path / "run"
+    tiny_train(*CPU_TINY, "--run-dir", str(run), "--epochs", "1")
+    state_file = run / "callback_state.json"
+    state = json.loads(state_file.read_text())
+    for cb in state["1"].values():
+        cb["best"] = 0.99
+    state_file.write_text(json.dumps(state))
+    best_before = (run / "best.weights.h5").read_bytes()
+    tiny_train(
+        *CPU_TINY, "--run-dir", str(run), "--resume", "--epochs", "6",
+        "--lr-patience", "1", "--patience", "2",
+    )  # fmt: skip
+    rows = _log(run)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]  # stopped: 2 epochs without a gain
+    assert [float(r["lr"]) for r in rows] == [1e-3, 1e-3, 5e-4]  # halved after each
+    assert (run / "best.weights.h5").read_bytes() == best_before
+    iterations, lr = _optimizer_state(run / "backup" / "latest.weights.h5")
+    assert iterations == 3 and lr == pytest.approx(2.5e-4)
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_run_folder_of_the_hand_written_loop_resumes(tiny_train, tmp_path, capsys):
+    """last.weights.h5 + optimizer.npz + state.json of the earlier loop: weights, optimizer
+    state, epoch, learning rate and best AUPR carry over; its log keeps its columns."""
+    import json
+
+    from training.losses import bce_dice_loss
+
+    run = tmp_path / "legacy"
+    run.mkdir()
+    model = tiny_net()
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=bce_dice_loss)
+    model.optimizer.build(model.trainable_variables)
+    model.optimizer.iterations.assign(7)
+    model.save_weights(run / "last.weights.h5")
+    np.savez(
+        run / "optimizer.npz",
+        **{f"v{i}": np.asarray(v) for i, v in enumerate(model.optimizer.variables)},
     )
-    assert p.returncode == 0, p.stderr[-2000:]
+    state = {"epoch": 2, "best_aupr": 0.99, "best_dice": 0.5, "best_epoch": 1}
+    state.update(lr=5e-4, stall=1, best_thr=0.5)
+    (run / "state.json").write_text(json.dumps(state))
+    header = "epoch,loss,val_dice@0.5,val_dice_best,val_aupr,val_thr,lr,seconds,patch,samples_per_s"
+    rows = ["1,1.9,0.1,0.2,0.99,0.5,0.001,9.0,64,1.0", "2,1.8,0.1,0.2,0.5,0.5,0.0005,9.0,64,1.0"]
+    (run / "log.csv").write_text("\n".join([header, *rows]) + "\n")
+    tiny_train(*CPU_TINY, "--run-dir", str(run), "--resume", "--epochs", "3", "--lr-patience", "2")
+    assert f"resumed {run} at epoch 2" in capsys.readouterr().out
+    log = _log(run)
+    assert (run / "log.csv").read_text().startswith(header + "\n")
+    assert [r["epoch"] for r in log] == ["1", "2", "3"] and float(log[2]["lr"]) == 5e-4
+    iterations, lr = _optimizer_state(run / "backup" / "latest.weights.h5")
+    assert iterations == 8 and lr == pytest.approx(2.5e-4)  # a 2nd epoch without a gain
+    assert not (run / "best.weights.h5").exists()  # nothing beat the stored 0.99
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_paper_recipe_runs_on_fit(tiny_train, tmp_path):
+    run = tmp_path / "paper"
+    tiny_train("--recipe", "paper", "--epochs", "1", "--limit", "3", "--run-dir", str(run))
     info = (run / "run_info.json").read_text()
     assert '"recipe": "paper"' in info and '"patch": null' in info
-    assert len(list(csv.DictReader(open(run / "log.csv")))) == 1
+    rows = _log(run)
+    assert len(rows) == 1 and "patch" not in rows[0] and float(rows[0]["samples_per_s"]) > 0
+    assert _optimizer_state(run / "best.weights.h5")[0] == 1  # 3 images in one batch of 4
 
 
 def test_mobilenet_encoder_takes_torchvision_layout():

@@ -11,14 +11,34 @@ Recipes:
   frozen, 1120x1152 inputs, 448 px patches, half on a hemorrhage; Adam 5e-4. Its second phase
   (``--init`` phase-1 best weights ``--freeze-bn --lr 2.5e-4``) freezes every BatchNorm.
 
-Patch recipes re-estimate the trainable BatchNorm statistics on whole training images before
-each validation (``recalibrate_batchnorm``). bf16 mixed precision where the CPU has
-AMX/AVX512-BF16 (fast there), float32 otherwise (bf16 is emulated and slow on AVX2).
+Training is Keras' own ``model.fit`` on a ``keras.utils.PyDataset`` (``training.patches``:
+random lesion-aware patches, or the paper's whole augmented images; every batch a function of
+seed, epoch and index) with the stock callbacks: ``BackupAndRestore`` (weights, optimizer
+state and epoch in ``<run>/backup`` after every epoch), ``ModelCheckpoint`` (``best.weights.h5``,
+weights only, when validation AUPR improves), ``CSVLogger`` (``log.csv``, appended on resume),
+and for the patch recipes ``ReduceLROnPlateau`` (halve the rate after ``--lr-patience`` epochs
+without a validation AUPR gain, down to 1e-5) and ``EarlyStopping`` (after ``--patience``). The
+project's part is ``training.callbacks``: before each validation the patch recipes re-estimate
+the trainable BatchNorm statistics on ``--recal-images`` whole training images
+(``recalibrate_batchnorm``); then the 8 VAL_IDS images are validated at full model resolution
+and their AUPR and pooled Dice go into the epoch's logs (``val_aupr``, ``val_dice_best``,
+``val_dice@0.5``, ``val_thr``) beside the epoch's training time (``seconds``, validation
+excluded), ``samples_per_s``, ``lr`` (the rate the epoch trained with) and ``patch``. Those
+callbacks' counters (best value, patience) are kept in ``callback_state.json`` so that a
+resumed run selects, halves and stops as an uninterrupted one would; a PNG of the curves is
+redrawn after every epoch. bf16 mixed precision where the CPU has AMX/AVX512-BF16 (fast there),
+float32 otherwise (bf16 is emulated and slow on AVX2).
 
-An "epoch" of a patch recipe is ``--steps`` batches. After each epoch: validation on the 8
-VAL_IDS images at full model resolution, a checkpoint (weights + optimizer state + RNG) in the
-run folder, ``best.weights.h5`` when validation AUPR improves, a CSV log and a PNG of the curves.
-``--resume`` continues from the run folder's checkpoint. Runs live outside git
+An "epoch" of a patch recipe is ``--steps`` batches of the final patch size, more batches of
+the smaller ones; each patch size of the schedule is one ``fit`` call (it fixes the batch shape).
+``--resume`` continues after the last completed epoch, whatever stopped the run (a kill
+included; an epoch that was cut short is trained again, and logged once), and trains as the
+run would have without the stop; ``--epochs`` may be raised for it. Without ``--resume`` a run
+starts fresh: it removes the folder's backup, log and counters (and a checkpoint of the earlier
+loop), and its first epoch overwrites ``best.weights.h5``. A run folder of the earlier
+hand-written loop (``last.weights.h5``, ``optimizer.npz``, ``state.json``) is converted on its
+first ``--resume``: weights, optimizer state, epoch, learning rate and best validation AUPR
+carry over, and its ``log.csv`` keeps its column order. Runs live outside git
 (``$HEMOSEG_CACHE/runs/<recipe>``).
 """
 
@@ -28,36 +48,33 @@ import argparse
 import csv
 import json
 import os
-import sys
-import time
+import shutil
 from pathlib import Path
 
-
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+LEGACY_FILES = ("last.weights.h5", "optimizer.npz", "state.json")
 
 
 def choose_precision(requested: str, on_gpu: bool) -> str:
     """'mixed_float16' on GPU, 'mixed_bfloat16' on CPUs with native bf16, else 'float32'."""
+    from hemoseg_edge.cpu import has_native_bf16
+
     if requested != "auto":
         return requested
     if on_gpu:
         return "mixed_float16"
-    flags = cpu_flags()
-    return "mixed_bfloat16" if {"amx_bf16", "avx512_bf16"} & flags else "float32"
+    return "mixed_bfloat16" if has_native_bf16() else "float32"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
     p.add_argument("--recipe", choices=("cpu", "paper", "mnv2"), default="cpu")
     p.add_argument("--epochs", type=int, default=None, help="paper: 100; cpu: 200 (early stop)")
-    p.add_argument("--steps", type=int, default=100, help="cpu recipe: batches per epoch")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=100,
+        help="patch recipes: batches per epoch at the final patch size (more at smaller ones)",
+    )
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--patch", type=int, default=None, help="final patch size (cpu 256, mnv2 448)")
     p.add_argument(
@@ -98,7 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--precision", default="auto", help="auto|float32|mixed_bfloat16|mixed_float16")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="one line per epoch, no progress bar")
     args = p.parse_args(argv)
     mnv2 = args.recipe == "mnv2"
     if args.patch is None:
@@ -117,17 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
-    import numpy as np
 
-    from hemoseg_edge.metrics import PrHistogram
     from hemoseg_edge.preprocess import DEFAULT_INPUT_HW
-    from training.augment import augment
+    from training.callbacks import CallbackState, EpochCSVLogger, ValidateEpoch
     from training.data import cache_root, idrid_items, load_cached
-    from training.losses import bce_dice_loss, dice_from_probs
+    from training.losses import bce_dice_loss
     from training.model import build_unet
     from training.model_mnv2 import INPUT_HW, build_mnv2_unet, encoder_layers, load_imagenet
+    from training.patches import ImageBatches, PatchBatches, parse_schedule, phases, steps_for
     from training.pretrained import mobilenet_v2_state
 
+    keras.utils.set_random_seed(args.seed)
     on_gpu = _gpu_available(keras.backend.backend())
     precision = choose_precision(args.precision, on_gpu)
     keras.mixed_precision.set_global_policy(precision)
@@ -137,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
 
     mnv2 = args.recipe == "mnv2"
     data_hw = INPUT_HW if mnv2 else DEFAULT_INPUT_HW
-    train = load_cached(idrid_items("train"), data_hw)[: args.limit]
-    val = load_cached(idrid_items("val"), data_hw)
+    train = load_cached(idrid_items("train")[: args.limit], data_hw)
+    val_items = idrid_items("val")
     if args.limit:
-        val = val[: max(1, min(len(val), args.limit))]
+        val_items = val_items[: max(1, min(len(val_items), args.limit))]
+    val = load_cached(val_items, data_hw)
     model_hw = train[0].x.shape
     full = args.recipe == "paper"
     build = build_mnv2_unet if mnv2 else build_unet
@@ -163,23 +181,27 @@ def main(argv: list[str] | None = None) -> int:
     loss = "binary_crossentropy" if full else bce_dice_loss
     optimizer = keras.optimizers.Adam() if full else keras.optimizers.Adam(args.lr)
     model.compile(optimizer=optimizer, loss=loss)
-    val_model = build(model_hw) if not full else model
+    val_model = None if full else build(model_hw)
 
-    state = {
-        "epoch": 0,
-        "best_aupr": -1.0,
-        "best_dice": -1.0,
-        "best_epoch": -1,
-        "lr": args.lr,
-        "stall": 0,
-    }
-    rng = np.random.default_rng(args.seed)
-    if args.resume and (run_dir / "last.weights.h5").exists():
-        state = _load_checkpoint(run_dir, model, optimizer)
-        rng = np.random.default_rng([args.seed, state["epoch"]])
-        print(f"resumed {run_dir} at epoch {state['epoch']}", flush=True)
-    elif args.resume:
-        print(f"no checkpoint in {run_dir}; starting fresh", flush=True)
+    backup = run_dir / "backup"
+    state_path = run_dir / "callback_state.json"
+    log_path = run_dir / "log.csv"
+    start = 0
+    if args.resume:
+        start = _backup_epoch(backup)
+        if start is None and _is_legacy_run(run_dir):
+            start = _adopt_legacy_run(run_dir, model, full, args.lr_patience)
+            print(f"converted the hand-written loop's checkpoint in {run_dir}", flush=True)
+        if start is None:
+            start = 0
+            print(f"no checkpoint in {run_dir}; starting fresh", flush=True)
+        else:
+            print(f"resumed {run_dir} at epoch {start}", flush=True)
+    if start == 0:  # a fresh run: nothing of an earlier one may be restored or appended to
+        shutil.rmtree(backup, ignore_errors=True)
+        for p in (state_path, log_path, *(run_dir / f for f in LEGACY_FILES)):
+            p.unlink(missing_ok=True)
+    _trim_log(log_path, start)
 
     info = {
         "recipe": args.recipe,
@@ -197,127 +219,91 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(json.dumps(info), flush=True)
     (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
-    log_path = run_dir / "log.csv"
 
-    schedule = _parse_schedule(args.patch_schedule)
-    for epoch in range(state["epoch"], epochs):
-        patch = _patch_for(epoch, schedule, args.patch)
-        # smaller patches: more steps, so that every epoch sees about the same number of pixels
-        steps = (
-            (len(train) + args.batch - 1) // args.batch
-            if full
-            else max(1, round(args.steps * (args.patch / patch) ** 2))
-        )
-        t0 = time.time()
-        optimizer.learning_rate.assign(state["lr"]) if not full else None
-        losses = []
-        bar = _progress(steps, f"epoch {epoch + 1}/{epochs}", args.no_progress)
-        order = rng.permutation(len(train))
-        for step in range(steps):
-            if full:
-                idx = order[step * args.batch : (step + 1) * args.batch]
-                pairs = [augment(train[i].x, train[i].y, rng, allow_transpose=False) for i in idx]
-            else:
-                pairs = [
-                    _sample_patch(train, patch, rng, args.lesion_fraction)
-                    for _ in range(args.batch)
-                ]
-                pairs = [augment(x, y, rng) for x, y in pairs]
-            xb = np.stack([p[0] for p in pairs])[..., None]
-            yb = np.stack([p[1] for p in pairs])[..., None]
-            out = model.train_on_batch(xb, yb)
-            losses.append(float(out if np.isscalar(out) else np.asarray(out).ravel()[0]))
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-        bar.close()
-        train_time = time.time() - t0
-        if not full:
-            recalibrate_batchnorm(model, train, args.recal_images, rng)
-        if val_model is not model:
-            val_model.set_weights(model.get_weights())
-        probs = [
-            np.asarray(val_model.predict_on_batch(e.x[None, ..., None]), dtype=np.float32)[
-                0, ..., 0
-            ]
-            for e in val
-        ]
-        truths = [e.y >= 0.5 for e in val]
-        dice05, best_dice, best_thr = dice_from_probs(probs, truths)
-        hist = PrHistogram(1000)
-        for p_, t_ in zip(probs, truths, strict=True):
-            hist.add(p_, t_)
-        aupr = hist.aupr()
-        # the model is chosen on validation AUPR (the issue's target); Dice is logged beside it
-        improved = aupr > state.get("best_aupr", -1.0)
-        if improved:
-            state.update(
-                best_aupr=aupr,
-                best_dice=best_dice,
-                best_epoch=epoch + 1,
-                stall=0,
-                best_thr=best_thr,
-            )
-            model.save_weights(run_dir / "best.weights.h5")
-        else:
-            state["stall"] += 1
-            if not full and state["stall"] % args.lr_patience == 0:
-                state["lr"] = max(state["lr"] * 0.5, 1e-5)
-        state["epoch"] = epoch + 1
-        row = {
-            "epoch": epoch + 1,
-            "loss": round(float(np.mean(losses)), 5),
-            "val_dice@0.5": round(dice05, 4),
-            "val_dice_best": round(best_dice, 4),
-            "val_aupr": round(aupr, 4),
-            "val_thr": best_thr,
-            "lr": state["lr"],
-            "seconds": round(train_time, 1),
-            "patch": None if full else patch,
-            "samples_per_s": round(steps * args.batch / train_time, 3),
-        }
-        _append_csv(log_path, row)
-        _save_checkpoint(run_dir, model, optimizer, state)
-        _plot(log_path, run_dir / "curves.png")
-        print(json.dumps(row) + (" *" if improved else ""), flush=True)
-        if not full and state["stall"] >= args.patience:
-            print(f"early stop: no val gain for {args.patience} epochs", flush=True)
-            break
-    print(
-        f"best val AUPR {state['best_aupr']:.4f} (Dice {state['best_dice']:.4f}) "
-        f"at epoch {state['best_epoch']}",
-        flush=True,
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(run_dir / "best.weights.h5"),
+        monitor="val_aupr",
+        mode="max",
+        save_best_only=True,
+        save_weights_only=True,
+        verbose=1,
     )
+    stock = {"checkpoint": checkpoint}
+    if not full:  # the paper's recipe: a constant learning rate, all its epochs
+        stock["early_stop"] = keras.callbacks.EarlyStopping(
+            monitor="val_aupr", mode="max", patience=args.patience, verbose=1
+        )
+        stock["reduce_lr"] = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_aupr",
+            mode="max",
+            factor=0.5,
+            patience=args.lr_patience,
+            min_delta=0.0,
+            min_lr=1e-5,
+            verbose=1,
+        )
+    plot = keras.callbacks.LambdaCallback(
+        on_epoch_end=lambda epoch, logs: _plot(log_path, run_dir / "curves.png")
+    )
+    if full:
+        runs = [(start, epochs, None)] if start < epochs else []
+    else:
+        runs = phases(start, epochs, parse_schedule(args.patch_schedule), args.patch)
+    for first, end, patch in runs:
+        if full:
+            data = ImageBatches(train, args.batch, args.seed, epoch=first)
+        else:
+            steps = steps_for(patch, args.steps, args.patch)
+            data = PatchBatches(
+                train, patch, steps, args.batch, args.lesion_fraction, args.seed, epoch=first
+            )
+            span = f"epoch {end}" if end == first + 1 else f"epochs {first + 1}-{end}"
+            print(f"{span}: {patch} px patches, {steps} steps of {args.batch}", flush=True)
+        callbacks = [
+            # first: its val_* entries in logs are what the stock callbacks monitor
+            ValidateEpoch(
+                data,
+                train,
+                val,
+                val_model,
+                recal_images=0 if full else args.recal_images,
+                seed=args.seed,
+            ),
+            checkpoint,
+            *([stock["early_stop"]] if not full else []),
+            EpochCSVLogger(str(log_path), append=True),
+            plot,
+            # after the log, which thus gets ValidateEpoch's "lr" (the rate the epoch trained
+            # with) and not this callback's "learning_rate" (the next epoch's)
+            *([stock["reduce_lr"]] if not full else []),
+            CallbackState(state_path, stock),
+            # last: what it saves is the state after everything else in the epoch
+            keras.callbacks.BackupAndRestore(
+                str(backup), double_checkpoint=True, delete_checkpoint=False
+            ),
+        ]
+        model.fit(
+            data,
+            initial_epoch=first,
+            epochs=end,
+            callbacks=callbacks,
+            verbose=2 if args.no_progress else 1,
+            # the batches are random already; fit's shuffle would reorder them with Python's
+            # global random state, which a resumed run does not have
+            shuffle=False,
+        )
+        if model.stop_training:  # EarlyStopping
+            break
+    rows = list(csv.DictReader(open(log_path))) if log_path.exists() else []
+    scored = [r for r in rows if r.get("val_aupr") not in (None, "", "NA")]
+    if scored:
+        best = max(scored, key=lambda r: float(r["val_aupr"]))
+        print(
+            f"best val AUPR {float(best['val_aupr']):.4f} (Dice {float(best['val_dice_best']):.4f})"
+            f" at epoch {best['epoch']}",
+            flush=True,
+        )
     return 0
-
-
-def recalibrate_batchnorm(model, examples, count: int, rng) -> int:
-    """Replace the moving statistics of every trainable BatchNorm layer by the exact average of
-    its batch statistics over ``count`` whole training images ("precise BN").
-
-    Training batches are 4 lesion-biased patches; the exponential moving averages they leave
-    describe neither whole photographs nor the current weights: with them v2's validation AUPR
-    fell from 0.44 to 0.07 between two epochs, and recalibrating that same checkpoint on 16
-    whole training images gave it back 0.34. Weights are untouched; returns the layers reset.
-    """
-    import keras
-
-    bns = [
-        layer
-        for layer in model.layers
-        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
-    ]
-    if not bns or count <= 0:
-        return 0
-    saved = [layer.momentum for layer in bns]
-    try:
-        for k, i in enumerate(rng.permutation(len(examples))[:count]):
-            for layer in bns:
-                layer.momentum = k / (k + 1.0)  # cumulative mean: image k weighs 1 / (k + 1)
-            model(examples[int(i)].x[None, ..., None], training=True)
-    finally:
-        for layer, m in zip(bns, saved, strict=True):
-            layer.momentum = m
-    return len(bns)
 
 
 def _gpu_available(backend: str) -> bool:
@@ -346,98 +332,78 @@ def _cpu_model() -> str:
     return "unknown"
 
 
-def _parse_schedule(text: str) -> list[tuple[int, int]]:
-    """'128:15,192:30' -> [(128, 15), (192, 30)]: patch size until that epoch (exclusive)."""
-    out = []
-    for part in filter(None, (t.strip() for t in text.split(","))):
-        size, until = part.split(":")
-        out.append((int(size), int(until)))
-    return out
+def _backup_epoch(backup: Path) -> int | None:
+    """The epoch ``BackupAndRestore`` resumes after, None without a backup. Like that callback,
+    it falls back to the previous checkpoint when the latest cannot be read (a stop while
+    writing it)."""
+    import h5py
+
+    weights, meta = backup / "latest.weights.h5", backup / "training_metadata.json"
+    if not weights.exists():
+        return None
+    try:
+        h5py.File(weights, "r").close()
+    except OSError:
+        meta = backup / "training_metadata.json.bkp"
+    return int(json.loads(meta.read_text())["epoch"]) if meta.exists() else None
 
 
-def _patch_for(epoch: int, schedule: list[tuple[int, int]], final: int) -> int:
-    for size, until in schedule:
-        if epoch < until:
-            return size
-    return final
+def _is_legacy_run(run_dir: Path) -> bool:
+    return all((run_dir / f).exists() for f in LEGACY_FILES)
 
 
-def _sample_patch(train, size, rng, lesion_fraction=0.6):
-    """A random patch; ``lesion_fraction`` of the time centred (with jitter) on a hemorrhage
-    pixel, otherwise anywhere mostly inside the field of view (fovea, disc, vessel crossings)."""
+def _adopt_legacy_run(run_dir: Path, model, full: bool, lr_patience: int) -> int:
+    """Turn a run folder of the earlier hand-written loop (``last.weights.h5``,
+    ``optimizer.npz``, ``state.json``) into a ``BackupAndRestore`` backup and the callbacks'
+    counters; returns its epoch. Its files stay; ``log.csv`` keeps its columns."""
     import numpy as np
 
-    ex = train[int(rng.integers(len(train)))]
-    h, w = ex.x.shape
-    if rng.random() < lesion_fraction:
-        ys, xs = np.nonzero(ex.y >= 0.5)
-        if ys.size:
-            k = int(rng.integers(ys.size))
-            cy = ys[k] + int(rng.integers(-size // 3, size // 3 + 1))
-            cx = xs[k] + int(rng.integers(-size // 3, size // 3 + 1))
-            y0 = int(np.clip(cy - size // 2, 0, h - size))
-            x0 = int(np.clip(cx - size // 2, 0, w - size))
-            return ex.x[y0 : y0 + size, x0 : x0 + size], ex.y[y0 : y0 + size, x0 : x0 + size]
-    for _ in range(10):  # a patch that is mostly inside the field of view
-        y0, x0 = int(rng.integers(h - size + 1)), int(rng.integers(w - size + 1))
-        px = ex.x[y0 : y0 + size, x0 : x0 + size]
-        if (px > 0.02).mean() > 0.5:
-            break
-    return px, ex.y[y0 : y0 + size, x0 : x0 + size]
+    from training.callbacks import CallbackState
 
-
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def set_postfix(self, **kw):
-        pass
-
-    def close(self):
-        pass
-
-
-def _progress(total: int, desc: str, disabled: bool):
-    if disabled:
-        return _NoBar()
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
-
-
-def _save_checkpoint(run_dir: Path, model, optimizer, state: dict) -> None:
-    import numpy as np
-
-    tmp = run_dir / "last.tmp.weights.h5"
-    model.save_weights(tmp)
-    opt = {f"v{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)}
-    np.savez(run_dir / "optimizer.tmp.npz", **opt)
-    (run_dir / "state.tmp.json").write_text(json.dumps(state))
-    os.replace(tmp, run_dir / "last.weights.h5")
-    os.replace(run_dir / "optimizer.tmp.npz", run_dir / "optimizer.npz")
-    os.replace(run_dir / "state.tmp.json", run_dir / "state.json")
-
-
-def _load_checkpoint(run_dir: Path, model, optimizer) -> dict:
-    import numpy as np
-
-    model.load_weights(run_dir / "last.weights.h5")
+    state = json.loads((run_dir / "state.json").read_text())
+    optimizer = model.optimizer
     optimizer.build(model.trainable_variables)
+    model.load_weights(run_dir / "last.weights.h5")
     z = np.load(run_dir / "optimizer.npz")
     for i, v in enumerate(optimizer.variables):
         v.assign(z[f"v{i}"])
-    return json.loads((run_dir / "state.json").read_text())
+    if not full:  # that loop set the rate of the next epoch at its start
+        optimizer.learning_rate = state["lr"]
+    epoch = int(state["epoch"])
+    backup = run_dir / "backup"
+    backup.mkdir(parents=True, exist_ok=True)
+    model.save_weights(backup / "latest.weights.h5")
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": epoch, "batch": 0}))
+    best = state["best_aupr"] if state.get("best_aupr", -1.0) >= 0 else None
+    stall = int(state.get("stall", 0))
+    CallbackState.record(
+        run_dir / "callback_state.json",
+        epoch,
+        {
+            "checkpoint": {"best": best},
+            "early_stop": {"best": best, "wait": stall, "best_epoch": state["best_epoch"] - 1},
+            "reduce_lr": {"best": best, "wait": stall % lr_patience, "cooldown_counter": 0},
+        },
+    )
+    return epoch
 
 
-def _append_csv(path: Path, row: dict) -> None:
-    rows = list(csv.DictReader(open(path))) if path.exists() else []
-    fields = list(dict.fromkeys([*(rows[0].keys() if rows else []), *row]))
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:  # rewrite: columns may have been added
-        w = csv.DictWriter(f, fieldnames=fields, restval="")
-        w.writeheader()
-        w.writerows([*rows, row])
-    os.replace(tmp, path)
+def _trim_log(log_path: Path, epochs: int) -> None:
+    """Drop the log rows after ``epochs`` (a stop between writing the log and the backup would
+    otherwise log that epoch twice)."""
+    if not log_path.exists():
+        return
+    with open(log_path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        rows = list(reader)
+    keep = [r for r in rows if r and int(r[0]) <= epochs]
+    if header is None or keep == rows:
+        return
+    tmp = log_path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([header, *keep])
+    os.replace(tmp, log_path)
 
 
 def _plot(log_path: Path, png: Path) -> None:

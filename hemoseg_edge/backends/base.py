@@ -3,6 +3,14 @@
 A backend owns its runtime session and nothing else: it knows no files beyond the model it was
 given, no CLI, no results. ``run`` takes a float32 batch (N, 1, H, W) in [0, 1] and returns
 float32 probabilities of the same shape.
+
+A backend that preprocesses on its own device sets ``takes_frames = True`` and implements
+``run_frame``: it gets the decoded uint8 frame and the field-of-view crop box instead of a
+tensor, and must compute the same input as ``preprocess.preprocess_tensor`` (crop, green, exact
+area resampling, /255; up to float rounding) before running the model. ``Segmenter`` then runs
+only ``preprocess.preprocess_geometry`` on the CPU (FOV, geometry, green statistics) and never
+builds the tensor. ``run`` stays available on such backends (tests and benchmarks feed it
+tensors).
 """
 
 from __future__ import annotations
@@ -11,6 +19,9 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import numpy as np
+
+# (x0, y0, x1, y1) in frame pixels, x1/y1 exclusive (``preprocess.Fov.box``)
+Box = tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,8 @@ class Backend(ABC):
     name: str = "base"
     # how many ``run`` calls may usefully run at once (e.g. OpenVINO throughput streams)
     concurrency: int = 1
+    # True: ``Segmenter`` hands ``run_frame`` the frame and FOV box instead of a tensor
+    takes_frames: bool = False
 
     @property
     @abstractmethod
@@ -38,6 +51,12 @@ class Backend(ABC):
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def run_frame(self, frame: np.ndarray, box: Box) -> np.ndarray:
+        """One decoded frame (uint8 HxW grey, HxWx3 BGR or HxWx4 BGRA) and its FOV crop box
+        (frame pixels) -> (1, 1, H, W) float32 probabilities, H x W = ``input_spec``'s.
+        Only backends with ``takes_frames = True`` implement it."""
+        raise NotImplementedError(f"the {self.name} backend takes tensors (run), not frames")
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources (device buffers, sessions)."""

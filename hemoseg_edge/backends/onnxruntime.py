@@ -52,7 +52,7 @@ class OnnxRuntimeBackend(Backend):
             raise ModelError(f"{source}: input shape {inp[0].shape} is not (N, 1, H, W)")
         if inp[0].type != "tensor(float)":
             raise ModelError(f"{source}: input type {inp[0].type} is not float32")
-        self._spec = InputSpec(inp[0].name, shape)  # type: ignore[arg-type]
+        self._spec = InputSpec(inp[0].name, shape)
         self._out = self._session.get_outputs()[0].name
 
     @property

@@ -129,7 +129,7 @@ class OpenVinoBackend(Backend):
         if cache_str:
             core.set_property({"CACHE_DIR": cache_str})
         mode = "THROUGHPUT" if throughput else "LATENCY"
-        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": mode}
+        config: dict[str, str | int] = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": mode}
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
@@ -158,7 +158,7 @@ class OpenVinoBackend(Backend):
             raise ModelError(f"{source}: input shape {pshape} is not (N, 1, H, W)")
         if inp.get_element_type().get_type_name() != "f32":
             raise ModelError(f"{source}: input type {inp.get_element_type()} is not float32")
-        return InputSpec(inp.get_any_name(), shape)  # type: ignore[arg-type]
+        return InputSpec(inp.get_any_name(), shape)
 
     @property
     def input_spec(self) -> InputSpec:

@@ -225,7 +225,9 @@ def calibration_batch(paths: Sequence[str | os.PathLike], input_hw: tuple[int, i
     tensors = []
     for p in paths:
         img = load_image(p, input_hw)
-        tensors.append(preprocess_frame(img.frame, img.original_hw, input_hw).tensor)
+        tensor = preprocess_frame(img.frame, img.original_hw, input_hw).tensor
+        assert tensor is not None  # preprocess_frame always builds it
+        tensors.append(tensor)
     return np.concatenate(tensors).astype(np.float32)
 
 

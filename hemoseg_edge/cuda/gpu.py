@@ -1,8 +1,12 @@
 """pycuda runner for ``preprocess_kernel.cu``: frame -> TensorRT input binding, on the GPU.
 
+The TensorRT backend (``backends.tensorrt.TensorRtBackend.run_frame``) runs it on its own stream
+and context, straight into the engine's input binding.
+
 **Not run on a GPU here.** This module was written and import-checked on a machine without a GPU
-or pycuda; only the kernel's arithmetic (host build) and the nvcc fatbin build are tested. The
-``gpu``-marked tests exercise it on the first machine that has both.
+or pycuda; only the kernel's arithmetic (host build), the nvcc fatbin build and the staged
+upload's call sequence (with a stand-in for pycuda) are tested. The ``gpu``-marked tests
+(``make gpu-check``) exercise it on the first machine that has both.
 
 Why pycuda: JetPack 6 ships CUDA 12.6, against which ``pip install pycuda`` builds on the Jetson,
 and the TensorRT Python samples already use it. NVIDIA's current binding is cuda-python
@@ -109,17 +113,35 @@ class GpuPreprocessor:
         self._fn.prepare(_ARG_FORMAT)
         self._frame_buf: Any = None  # pycuda DeviceAllocation
         self._frame_buf_bytes = 0
+        self._staging: Any = None  # page-locked uint8 staging buffer (pycuda pagelocked_empty)
+        self._staged: Any = None  # pycuda Event: the last upload from ``_staging`` finished
 
     def _upload(self, frame: np.ndarray, stream) -> tuple[int, int, int, int, int]:
+        """Copy a host frame into the reused device buffer; ``(ptr, width, height, pitch,
+        channels)`` of the device copy (tight rows). On a ``stream`` the frame goes through a
+        reused page-locked staging buffer, so the upload is asynchronous and at full bandwidth;
+        the staging buffer is refilled only after the previous upload from it has finished."""
+        cuda = self._cuda
         arr, width, height, _, channels = frame_layout(frame)
-        arr = np.ascontiguousarray(arr)  # tight rows: pitch = width * channels
-        if arr.nbytes > self._frame_buf_bytes:
-            self._frame_buf = self._cuda.mem_alloc(arr.nbytes)
-            self._frame_buf_bytes = arr.nbytes
+        nbytes = height * width * channels
+        if nbytes > self._frame_buf_bytes:
+            if self._frame_buf is not None:
+                self._frame_buf.free()
+            self._frame_buf = cuda.mem_alloc(nbytes)
+            self._frame_buf_bytes = nbytes
         if stream is None:
-            self._cuda.memcpy_htod(self._frame_buf, arr)
-        else:  # pageable memory is staged by the driver; pass page-locked frames to overlap
-            self._cuda.memcpy_htod_async(self._frame_buf, arr, stream)
+            cuda.memcpy_htod(self._frame_buf, np.ascontiguousarray(arr))
+        else:
+            if self._staged is not None:
+                self._staged.synchronize()  # the last upload from the staging buffer is done
+            if self._staging is None or self._staging.nbytes < nbytes:
+                self._staging = cuda.pagelocked_empty(nbytes, np.uint8)
+            staging = self._staging[:nbytes]
+            np.copyto(staging.reshape(arr.shape), arr)  # also packs row-padded views
+            cuda.memcpy_htod_async(self._frame_buf, staging, stream)
+            if self._staged is None:
+                self._staged = cuda.Event()
+            self._staged.record(stream)
         return int(self._frame_buf), width, height, width * channels, channels
 
     def run(
@@ -136,10 +158,12 @@ class GpuPreprocessor:
     ) -> None:
         """Write the (1, 1, H, W) float32 tensor for ``frame`` into device memory ``out_ptr``.
 
-        ``frame`` is a host uint8 array (uploaded into a reused device buffer) or a device
-        pointer (int) to an interleaved uint8 frame described by ``frame_hw`` (H, W),
-        ``channels`` and ``pitch`` (bytes per row, default W * channels). ``out_ptr`` must hold
-        H * W float32 (e.g. the TensorRT input binding). Asynchronous on ``stream``.
+        ``frame`` is a host uint8 array (uploaded into a reused device buffer; on a ``stream``
+        through a reused page-locked staging buffer) or a device pointer (int) to an
+        interleaved uint8 frame described by ``frame_hw`` (H, W), ``channels`` and ``pitch``
+        (bytes per row, default W * channels). ``out_ptr`` must hold H * W float32 (e.g. the
+        TensorRT input binding of a float32-input engine). Asynchronous on ``stream``: the
+        caller synchronizes before reading ``out_ptr`` on the host.
         """
         if isinstance(frame, np.ndarray):
             ptr, width, height, row_pitch, ch = self._upload(frame, stream)
@@ -172,3 +196,12 @@ class GpuPreprocessor:
         finally:
             dev.free()
         return out
+
+    def close(self) -> None:
+        """Free the device frame buffer and the staging buffer (call with the context current)."""
+        if self._staged is not None:
+            self._staged.synchronize()
+        if self._frame_buf is not None:
+            self._frame_buf.free()
+        self._frame_buf, self._frame_buf_bytes = None, 0
+        self._staging = self._staged = None

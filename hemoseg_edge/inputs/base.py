@@ -31,6 +31,7 @@ class LoadedImage:
     format: str
     notes: list[str] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
+    sha256: str | None = None  # of the file's bytes (None for an array)
 
     @property
     def reduction(self) -> float:

@@ -11,6 +11,7 @@ attributes go to ``LoadedImage.metadata``.
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 
@@ -129,8 +130,24 @@ def decode_dicom(
     max_pixels: int = 60_000_000,
 ) -> LoadedImage:
     """Validate and decode a DICOM file's first frame as BGR uint8 (see module docstring).
-    ``model_hw`` is accepted for symmetry with ``decode_image``; DICOM frames are not reduced."""
-    del model_hw
+    ``model_hw`` is accepted for symmetry with ``decode_image``; DICOM frames are not reduced.
+    Anything malformed is an ``InputImageError`` (pydicom and numpy raise many types for
+    inconsistent headers: a bad NumberOfFrames, a 3-byte Rows, frames shorter than Rows x
+    Columns); pydicom's warnings never reach stderr."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _decode_dicom(data, name, max_pixels)
+    except InputImageError:
+        raise
+    except MemoryError:
+        raise InputImageError(f"{name}: DICOM pixel data too large to decode") from None
+    except Exception as e:  # noqa: BLE001 - one line, never a traceback
+        msg = " ".join(str(e).split())[:120]
+        raise InputImageError(f"{name}: malformed DICOM ({type(e).__name__}: {msg})") from None
+
+
+def _decode_dicom(data: bytes, name: str, max_pixels: int) -> LoadedImage:
     pydicom = _pydicom(name)
     import cv2
 

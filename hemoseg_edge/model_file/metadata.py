@@ -15,6 +15,8 @@ from ..preprocess import DEFAULT_INPUT_HW, spec_sha256
 
 PREFIX = "hemoseg."
 NO_IMAGE_THRESHOLD = -1.0
+# model v2 takes 1120 x 1152 (1.3 Mpx); 4096 x 4096 leaves room and bounds every buffer
+MAX_INPUT_PIXELS = 4096 * 4096
 REQUIRED = ("input_height", "input_width", "layout", "normalisation", "threshold", "version")
 
 
@@ -89,8 +91,13 @@ class ModelMetadata:
             raise ModelError(f"{source}: threshold {self.threshold} outside (0, 1)")
         if self.image_threshold != NO_IMAGE_THRESHOLD and not (0.0 < self.image_threshold < 1.0):
             raise ModelError(f"{source}: image_threshold {self.image_threshold} outside (0, 1)")
-        if self.input_height % 16 or self.input_width % 16 or self.input_height < 16:
+        if self.input_height % 16 or self.input_width % 16 or min(self.input_hw) < 16:
             raise ModelError(f"{source}: input size {self.input_hw} is not a multiple of 16")
+        if self.input_height * self.input_width > MAX_INPUT_PIXELS:
+            raise ModelError(
+                f"{source}: input size {self.input_hw} exceeds {MAX_INPUT_PIXELS} pixels "
+                "(metadata from an untrusted model: refused before allocating buffers)"
+            )
 
     @property
     def has_image_threshold(self) -> bool:

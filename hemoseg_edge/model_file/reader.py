@@ -4,6 +4,7 @@ hemoseg TensorRT engine file) and its metadata, with one-line errors for anythin
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -40,7 +41,46 @@ def parse_onnx(data: bytes, source: str) -> onnx.ModelProto:
         raise ModelError(f"{source}: not a valid ONNX model ({type(e).__name__})") from None
     if not proto.graph.node:
         raise ModelError(f"{source}: not a valid ONNX model (empty graph)")
+    external = next(external_data_locations(proto), None)
+    if external is not None:
+        # a tensor's external data can name any file (an absolute path, ../): a runtime that
+        # follows it reads files the model's author chose. Shipped models are self-contained.
+        raise ModelError(
+            f"{source}: refused: tensor data stored outside the model file ({external!r}); "
+            "hemoseg models must be self-contained"
+        )
     return proto
+
+
+def _graph_tensors(graph: onnx.GraphProto) -> Iterator[onnx.TensorProto]:
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield sparse.values
+        yield sparse.indices
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from _graph_tensors(attr.g)
+            for sub in attr.graphs:
+                yield from _graph_tensors(sub)
+
+
+def external_data_locations(model: onnx.ModelProto) -> Iterator[str]:
+    """The ``location`` of every tensor (initializers, Constant attributes, subgraphs, sparse
+    tensors, function bodies) whose data lives outside the model file."""
+    import onnx
+
+    graphs = [model.graph] + [
+        onnx.helper.make_graph(list(f.node), f.name, [], []) for f in model.functions
+    ]
+    for graph in graphs:
+        for tensor in _graph_tensors(graph):
+            if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+                where = {e.key: e.value for e in tensor.external_data}.get("location", "?")
+                yield where
 
 
 def proto_metadata(

@@ -32,8 +32,9 @@ def _packed_rows(mask: np.ndarray | WindowedMask) -> np.ndarray:
 def encode_png_mask(mask: np.ndarray | WindowedMask) -> bytes:
     """A boolean mask as a 1-bit greyscale PNG (True = white; OpenCV reads it as 0/255 uint8),
     written directly: rows packed 8 pixels per byte, filter 0, deflate with run-length matching
-    (the mask is mostly zeros). ~3x faster than OpenCV's bilevel PNG writer, and smaller. A
-    ``WindowedMask`` gives the same bytes without building the full mask."""
+    (the mask is mostly zeros): faster than OpenCV's bilevel PNG writer (BENCHMARKS.md,
+    outputs), and smaller. A ``WindowedMask`` gives the same bytes without building the full
+    mask."""
     packed = _packed_rows(mask)
     h, w = mask.shape
     raw = np.zeros((h, packed.shape[1] + 1), np.uint8)  # column 0: each row's filter byte
@@ -49,7 +50,7 @@ def encode_png_mask(mask: np.ndarray | WindowedMask) -> bytes:
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 92) -> bytes:
-    """JPEG bytes without chroma subsampling (thin coloured outlines stay sharp); ~10x faster
+    """JPEG bytes without chroma subsampling (thin coloured outlines stay sharp); faster
     than PNG for a 2048 px photograph, and a quarter of the size."""
     params = [cv2.IMWRITE_JPEG_QUALITY, quality]
     params += [cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]

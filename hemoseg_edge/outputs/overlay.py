@@ -7,10 +7,9 @@ import os
 import cv2
 import numpy as np
 
-from ..errors import InputImageError
 from ..files import read_bytes
 from ..inputs import decode_image, sniff_format
-from ..inputs.raster import REDUCED_DECODE_FLAGS
+from ..inputs.raster import decode_jpeg
 from ..result import SegmentationResult, WindowedMask
 
 
@@ -53,6 +52,7 @@ def render_overlay(
     thick = max(1, round(max(h, w) / 700))
     cv2.drawContours(out, contours, -1, (255, 255, 0), thick, lineType=cv2.LINE_AA)
     if summary:
+        summary = summary.encode("ascii", "backslashreplace").decode("ascii")  # see visual._text
         scale = max(0.5, max(h, w) / 1500)
         org = (int(12 * scale), int(30 * scale))
         cv2.putText(
@@ -77,14 +77,10 @@ def load_overlay_frame(
             if max(h, w) / cand >= max_side:
                 k = cand
                 break
-    if fmt == "dicom":
+    if fmt == "jpeg":
+        frame = decode_jpeg(data, str(path), k)
+    else:  # the same decoder as the input (a TIFF's full-size page, float samples, DICOM)
         frame = decode_image(data, str(path)).frame
-    else:  # IMREAD_COLOR: 8-bit, 3-channel BGR whatever the file holds
-        frame = cv2.imdecode(
-            np.frombuffer(data, np.uint8), REDUCED_DECODE_FLAGS[k] | cv2.IMREAD_IGNORE_ORIENTATION
-        )
-        if frame is None:
-            raise InputImageError(f"{path}: cannot decode for the overlay")
     fh, fw = frame.shape[:2]
     if max_side and max(fh, fw) > max_side:
         s = max_side / max(fh, fw)

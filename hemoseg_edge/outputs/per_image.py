@@ -1,4 +1,5 @@
-"""The files written for one image: mask PNG (original size, 1-bit), overlay JPEG and JSON.
+"""The files written for one image: mask PNG (original size, 1-bit), overlay JPEG, the visual
+report JPEG (``visual``) and JSON.
 
 ``segment``, ``watch`` and the DICOM receiver all name and render them here.
 """
@@ -9,21 +10,24 @@ import json
 import os
 from pathlib import Path
 
-from ..files import atomic_write_bytes
+from ..files import atomic_write_all, printable_path
 from ..result import SegmentationResult
 from .encode import encode_jpeg, encode_png_mask
 from .overlay import load_overlay_frame, render_overlay
+from .visual import render_visual_report
 
-OUTPUT_KINDS = ("mask", "overlay", "json")
+OUTPUT_KINDS = ("mask", "overlay", "report", "json")  # the JSON is written last
 
 
-def output_names(stem: str) -> tuple[str, str, str]:
-    """Mask, overlay and JSON file names for one input."""
-    return f"{stem}_mask.png", f"{stem}_overlay.jpg", f"{stem}.json"
+def output_names(stem: str) -> tuple[str, str, str, str]:
+    """Mask, overlay, visual report and JSON file names for one input."""
+    return f"{stem}_mask.png", f"{stem}_overlay.jpg", f"{stem}_report.jpg", f"{stem}.json"
 
 
 def summary_line(result: SegmentationResult) -> str:
     """The one line printed on the overlay: verdict, score, burden, lesions, flags."""
+    if not result.gradable:
+        return f"NOT GRADABLE ({', '.join(result.ungradable_reasons)})"
     verdict = {True: "hemorrhage detected", False: "no hemorrhage detected", None: "score"}
     return (
         f"{verdict[result.hemorrhage_detected]} ({result.image_score:.2f}); "
@@ -38,19 +42,20 @@ def render_outputs(
     overlay_max_side: int,
     extra: dict | None = None,
 ) -> dict[str, bytes]:
-    """Mask PNG, overlay JPEG and JSON as ``{file name: bytes}``, in that order; ``extra``
-    (e.g. ``{"dicom": {...}}``) is merged into the JSON's top level."""
+    """Mask PNG, overlay JPEG, visual report JPEG and JSON as ``{file name: bytes}``, in that
+    order; ``extra`` (e.g. ``{"dicom": {...}}``) is merged into the JSON's top level."""
     names = output_names(stem)
     mask_png = encode_png_mask(result.mask_windows)  # no full-size mask is built
     colour = load_overlay_frame(path, result, overlay_max_side)
+    report = encode_jpeg(render_visual_report(colour, result))
     overlay = encode_jpeg(
         render_overlay(colour, result.mask_windows, summary_line(result), inplace=True)
     )
     d = result.to_dict()
-    d["input"] = str(path)
-    d["outputs"] = {"mask": names[0], "overlay": names[1]}
+    d["input"] = printable_path(path)
+    d["outputs"] = {k: printable_path(n) for k, n in zip(OUTPUT_KINDS[:3], names[:3], strict=True)}
     d.update(extra or {})
-    data = (mask_png, overlay, (json.dumps(d, indent=2) + "\n").encode())
+    data = (mask_png, overlay, report, (json.dumps(d, indent=2) + "\n").encode())
     return dict(zip(names, data, strict=True))
 
 
@@ -62,8 +67,7 @@ def write_outputs(
     overlay_max_side: int,
     extra: dict | None = None,
 ) -> dict[str, str]:
-    """Render and write the three files, each atomically, JSON last; ``{kind: path}``."""
+    """Render and write the three files, all or none (JSON last); ``{kind: path}``."""
     files = render_outputs(result, path, stem, overlay_max_side, extra)
-    for name, data in files.items():
-        atomic_write_bytes(out_dir / name, data)
-    return dict(zip(OUTPUT_KINDS, (str(out_dir / n) for n in files), strict=True))
+    written = atomic_write_all(out_dir, files)
+    return dict(zip(OUTPUT_KINDS, (printable_path(p) for p in written), strict=True))

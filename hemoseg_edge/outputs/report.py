@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from ..files import atomic_write_bytes
+from ..files import atomic_write_bytes, printable_path
 from ..result import SegmentationResult
 
 REPORT_FIELDS = (
@@ -26,32 +26,38 @@ REPORT_FIELDS = (
     "total_ms",
     "mask",
     "overlay",
+    "report",
     "json",
 )
 
 
 def failed_row(path: str | Path, error: str) -> dict[str, object]:
     row: dict[str, object] = dict.fromkeys(REPORT_FIELDS, "")
-    row.update(input=str(path), status="failed", error=error)
+    row.update(input=printable_path(path), status="failed", error=printable_path(error))
     return row
 
 
 def result_row(path: str | Path, result: SegmentationResult, files: dict[str, str]) -> dict:
+    """An ungradable photograph's row leaves the findings empty (never 0)."""
     row: dict[str, object] = dict.fromkeys(REPORT_FIELDS, "")
     detected = result.hemorrhage_detected
     row.update(
-        input=str(path),
-        status="ok",
+        input=printable_path(path),
+        status=result.status,
+        error=";".join(result.ungradable_reasons),
         hemorrhage_detected="" if detected is None else int(detected),
-        image_score=f"{result.image_score:.4f}",
-        burden_percent=f"{result.burden_percent:.4f}",
-        lesion_count=len(result.lesions),
-        lesion_area_px=result.lesion_area_px,
         flags=";".join(result.flags),
         total_ms=f"{result.timings_ms.get('total', 0):.1f}",
-        **result.quadrant_counts,
         **files,
     )
+    if result.gradable:
+        row.update(
+            image_score=f"{result.image_score:.4f}",
+            burden_percent=f"{result.burden_percent:.4f}",
+            lesion_count=len(result.lesions),
+            lesion_area_px=result.lesion_area_px,
+            **result.quadrant_counts,
+        )
     return row
 
 

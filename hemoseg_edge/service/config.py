@@ -22,6 +22,12 @@ class ServiceConfig:
     queue_size: int = 32
     overlay_max_side: int = 2048
     inotify: bool = True  # False: rescans only (network mounts)
+    dicom_outputs: bool = True  # DICOM inputs: also write _seg.dcm, _sr.dcm, _sc.dcm
+    forward: str | None = None  # "AE@host:port": C-STORE the DICOM outputs there (outbox.py)
+    forward_ae_title: str = "HEMOSEG"  # our calling AE title towards the destination
+    forward_max_attempts: int = 8  # refusals of one object before outbox/failed/
+    forward_backoff: float = 2.0  # first retry delay in seconds, doubled per try
+    forward_max_backoff: float = 300.0  # cap on the retry delay
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,11 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
 
 
+MAX_ASSOCIATIONS = 32
+NETWORK_TIMEOUT_S = 5.0  # an open connection that sends nothing
+DIMSE_TIMEOUT_S = 30.0  # between the messages of one association
+
+
 def transfer_syntaxes() -> list[str]:
     """Uncompressed ones plus every compressed one that pydicom can decode here."""
     try:
@@ -79,6 +84,12 @@ def start_listener(args: ListenerConfig, layout: Layout, status: Status) -> Call
         os.unlink(partial / old)
 
     ae = AE(ae_title=args.ae_title)
+    # pynetdicom's defaults let 10 idle or half-open TCP connections (a port probe) hold every
+    # association slot for 30 s: more slots, and idle peers dropped after a few seconds
+    ae.maximum_associations = MAX_ASSOCIATIONS
+    ae.network_timeout = NETWORK_TIMEOUT_S
+    ae.acse_timeout = NETWORK_TIMEOUT_S
+    ae.dimse_timeout = DIMSE_TIMEOUT_S
     ae.require_called_aet = True
     if args.allow_ae:
         ae.require_calling_aet = list(args.allow_ae)

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import EXIT_USAGE, HemosegError
 from ..files import atomic_write_bytes
-from ..outputs import output_names
+from ..outputs import dicom_output_names, output_names
 
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".swp", ".lock")
 _OUR_TEMP = re.compile(r"^\..+\.tmp(\.[^.]*)?$")  # files.atomic_write's names
@@ -52,7 +53,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def result_names(name: str) -> tuple[str, str, str]:
+def result_names(name: str) -> tuple[str, str, str, str]:
     return output_names(name)
 
 
@@ -143,14 +144,19 @@ class Layout:
         crashpoint("claimed")
         return final
 
-    def finish_done(self, name: str, files: dict[str, bytes]) -> None:
-        """Write the results (JSON last), then move ``work/name`` to ``done/``."""
+    def finish_done(
+        self, name: str, files: dict[str, bytes], before_move: Callable[[], None] | None = None
+    ) -> None:
+        """Write the results (JSON last), call ``before_move`` (e.g. enqueue the DICOM objects
+        for forwarding, atomically), then move ``work/name`` to ``done/``."""
         for i, (fname, data) in enumerate(files.items()):
             atomic_write_bytes(self.results / fname, data)
             if i == 0:
                 crashpoint("results_partial")
         fsync_dir(self.results)
         crashpoint("results_written")
+        if before_move is not None:
+            before_move()
         stale = self.failed / f"{name}.reason.txt"  # from a crashed earlier attempt
         if os.path.lexists(stale):
             os.unlink(stale)
@@ -159,7 +165,7 @@ class Layout:
 
     def finish_failed(self, name: str, reason: str) -> None:
         """Remove results of a crashed earlier attempt, write the reason, move to ``failed/``."""
-        for fname in result_names(name):
+        for fname in (*result_names(name), *dicom_output_names(name).values()):
             try:
                 os.unlink(self.results / fname)
             except FileNotFoundError:

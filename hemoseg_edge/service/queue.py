@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import stat
 import threading
@@ -10,8 +12,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from ..errors import HemosegError
-from ..outputs import render_outputs
+from ..outputs import DicomOutputUnavailable, render_dicom_outputs, render_outputs
+from .log import log
 
 
 class WorkQueue:
@@ -59,10 +65,12 @@ class WorkQueue:
 
 @dataclass
 class Outcome:
-    """What one file gave: output files (name -> bytes) or a one-line reason."""
+    """What one file gave: output files (name -> bytes) or a one-line reason; ``forward``:
+    the DICOM objects among ``files`` (for the outbox)."""
 
     ok: bool
     files: dict[str, bytes] = field(default_factory=dict)
+    forward: dict[str, bytes] = field(default_factory=dict)
     flags: list[str] = field(default_factory=list)
     reason: str = ""
     error_type: str = ""
@@ -77,11 +85,19 @@ class Processor:
     counts abandoned threads still running, so the service can exit for a supervisor restart.
     """
 
-    def __init__(self, segmenter, timeout: float = 120.0, overlay_max_side: int = 2048):
+    def __init__(
+        self,
+        segmenter,
+        timeout: float = 120.0,
+        overlay_max_side: int = 2048,
+        dicom_outputs: bool = True,
+    ):
         self.seg = segmenter
         self.timeout = timeout
         self.overlay_max_side = overlay_max_side
+        self.dicom_outputs = dicom_outputs
         self._abandoned: list[threading.Thread] = []
+        self._dicom_unavailable_logged = False
 
     @property
     def stuck(self) -> int:
@@ -131,8 +147,11 @@ class Processor:
             if loaded.metadata:
                 extra["dicom"] = dict(loaded.metadata)
             files = render_outputs(result, path, name, self.overlay_max_side, extra)
+            dicom: dict[str, bytes] = {}
+            if self.dicom_outputs and loaded.format == "dicom":
+                files, dicom = self._with_dicom(result, path, name, files)
             ms = 1000 * (time.perf_counter() - t0)
-            return Outcome(ok=True, files=files, flags=list(result.flags), ms=ms)
+            return Outcome(ok=True, files=files, forward=dicom, flags=list(result.flags), ms=ms)
         except HemosegError as e:
             reason, kind = str(e).replace(str(path), name), type(e).__name__
         except MemoryError:
@@ -142,3 +161,42 @@ class Processor:
         reason = " ".join(reason.split())  # one line
         ms = 1000 * (time.perf_counter() - t0)
         return Outcome(ok=False, reason=reason, error_type=kind, ms=ms)
+
+    def _with_dicom(
+        self, result, path: Path, name: str, files: dict[str, bytes]
+    ) -> tuple[dict[str, bytes], dict[str, bytes]]:
+        """Add the SEG, SR and SC (before the JSON, which stays last and lists them). A DICOM
+        output that cannot be built is noted in the JSON and logged; the result still counts."""
+        json_name = next(n for n in files if n == f"{name}.json")
+        overlay_name = next(n for n in files if n == f"{name}_overlay.jpg")
+        overlay = np.frombuffer(files[overlay_name], np.uint8)
+        overlay_bgr = cv2.imdecode(overlay, cv2.IMREAD_COLOR)
+        assert overlay_bgr is not None  # we encoded it a moment ago
+        d = json.loads(files[json_name])
+        dicom: dict[str, bytes] = {}
+        try:
+            dicom = render_dicom_outputs(result, path, name, overlay_bgr)
+        except DicomOutputUnavailable as e:
+            if not self._dicom_unavailable_logged:
+                log("dicom_output_unavailable", "warning", msg=e)
+                self._dicom_unavailable_logged = True
+            d["dicom_output_error"] = str(e)
+        except Exception as e:  # noqa: BLE001 - e.g. a source header highdicom cannot use
+            reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            log("dicom_output_error", "warning", file=name, reason=reason)
+            d["dicom_output_error"] = reason
+        if dicom:
+            import pydicom
+
+            d["dicom_outputs"] = {}
+            for fname, data in dicom.items():
+                hdr = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+                d["dicom_outputs"][fname.rsplit("_", 1)[1].removesuffix(".dcm")] = {
+                    "file": fname,
+                    "sop_class_uid": str(hdr.SOPClassUID),
+                    "sop_instance_uid": str(hdr.SOPInstanceUID),
+                }
+        out = {n: data for n, data in files.items() if n != json_name}
+        out.update(dicom)
+        out[json_name] = (json.dumps(d, indent=2) + "\n").encode()  # still last
+        return out, dicom

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import signal
 import stat
@@ -24,21 +25,22 @@ _F_SETLEASE = 1024  # Linux fcntl commands (fcntl module constants are optional)
 _F_RDLCK, _F_UNLCK = 0, 2
 
 
-def open_for_writing(path: Path) -> bool:
-    """True when some process has ``path`` open for writing (Linux read lease refused).
-
-    Unknown (no lease support, not permitted, not a regular file) counts as not open: the
-    size/mtime stability rule still applies. The caller must ignore SIGIO (lease breaks)."""
+def open_for_writing(path: Path) -> bool | None:
+    """Whether some process has ``path`` open for writing, from a Linux read lease: True
+    (refused: a writer has it open), False (granted), None (unknown: no lease support, or the
+    lease is not permitted — a file the service does not own, without CAP_LEASE — or not a
+    regular file). On None only the size/mtime/inode settle rule protects the file. The caller
+    must ignore SIGIO (lease breaks)."""
     import fcntl
 
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
     except OSError:
-        return False
+        return None
     try:
         fcntl.fcntl(fd, _F_SETLEASE, _F_RDLCK)
     except OSError as e:
-        return e.errno == errno.EAGAIN
+        return True if e.errno == errno.EAGAIN else None
     else:
         fcntl.fcntl(fd, _F_SETLEASE, _F_UNLCK)
         return False
@@ -76,6 +78,7 @@ class Stabilizer(threading.Thread):
         super().__init__(name="hemoseg-stabilizer", daemon=True)
         self.in_dir, self.queue, self.settle, self.rescan = in_dir, queue, settle, rescan
         self.leases, self.stop = leases, stop
+        self._lease_warned = False
         self.tick = max(0.05, min(0.5, settle / 2))
         self._seen: dict[str, tuple[tuple, float]] = {}
         self._noticed: set[str] = set()
@@ -126,9 +129,21 @@ class Stabilizer(threading.Thread):
                 continue
             if now - prev[1] < self.settle:
                 continue
-            if self.leases and stat.S_ISREG(sig[3]) and open_for_writing(path):
-                self._seen[name] = (sig, now)  # still being written: wait another settle
-                continue
+            if self.leases and stat.S_ISREG(sig[3]):
+                writing = open_for_writing(path)
+                if writing:
+                    self._seen[name] = (sig, now)  # still being written: wait another settle
+                    continue
+                if writing is None and not self._lease_warned:
+                    self._lease_warned = True
+                    log(
+                        "write_check_unavailable",
+                        "warning",
+                        file=name,
+                        msg="no lease on a file this service does not own (needs CAP_LEASE): "
+                        "only the settle rule protects files being written; have writers "
+                        "write to a temporary name and rename, or grant CAP_LEASE",
+                    )
             ready.append((sig[1], name))
         for _, name in sorted(ready):  # oldest first
             if not self.queue.offer(name):
@@ -182,8 +197,10 @@ class Service:
         queue_size: int = 32,
         inotify: bool = True,
         heartbeat: float = 30.0,
+        outbox=None,
     ):
         self.layout, self.processor, self.status = layout, processor, status
+        self.outbox = outbox  # outbox.Outbox when forwarding: DICOM outputs are enqueued
         self.queue = WorkQueue(queue_size)
         self.stop = threading.Event()
         self.inotify, self.heartbeat = inotify, heartbeat
@@ -276,7 +293,10 @@ class Service:
     def _process(self, name: str) -> None:
         out: Outcome = self.processor.run(self.layout.work / name, name)
         if out.ok:
-            self.layout.finish_done(name, out.files)
+            enqueue = None  # the DICOM objects go into the outbox before the input into done/
+            if self.outbox is not None and out.forward:
+                enqueue = functools.partial(self.outbox.enqueue, out.forward)
+            self.layout.finish_done(name, out.files, enqueue)
             level = "warning" if out.flags else "info"
             log("done", level, file=name, ms=f"{out.ms:.0f}", flags=",".join(out.flags) or None)
         else:
@@ -307,8 +327,20 @@ def serve(config: ServiceConfig, start_extra: Callable | None = None) -> int:
         return EXIT_USAGE
     for name in layout.clean_temps():
         log("removed_temp", file=name)
+    destination = None
+    if config.forward:
+        from .outbox import parse_destination
+
+        try:
+            destination = parse_destination(config.forward)
+        except ValueError as e:
+            log("fatal", "error", msg=e)
+            return EXIT_USAGE
     from ..segmenter import Segmenter
 
+    early_stop: list[int] = []  # a SIGTERM while the model loads: stop cleanly once it has
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda n, f: early_stop.append(n)) if on_main else None
     try:
         seg = Segmenter.from_engine(
             config.model, backend=config.backend, allow_defaults=config.assume_defaults
@@ -316,6 +348,12 @@ def serve(config: ServiceConfig, start_extra: Callable | None = None) -> int:
     except HemosegError as e:
         log("fatal", "error", error_type=type(e).__name__, msg=e)
         return EXIT_MODEL
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
+    if early_stop:
+        log("stopping", signal=early_stop[0], msg="stopped while the model was loading")
+        return EXIT_OK
     log("model_loaded", source=seg.source, backend=seg.backend.name, version=seg.metadata.version)
     done, failed = layout.counts()
     status = Status(
@@ -326,14 +364,32 @@ def serve(config: ServiceConfig, start_extra: Callable | None = None) -> int:
         out_dir=str(layout.out),
         model=seg.metadata.version,
     )
+    outbox = None
+    if destination is not None:
+        from .outbox import Outbox
+
+        try:
+            outbox = Outbox(
+                layout.out,
+                destination,
+                calling_ae=config.forward_ae_title,
+                max_attempts=config.forward_max_attempts,
+                backoff=config.forward_backoff,
+                max_backoff=config.forward_max_backoff,
+                status=status,
+            )
+        except OSError as e:
+            log("fatal", "error", error_type=type(e).__name__, msg=e.strerror or e)
+            return EXIT_USAGE
     service = Service(
         layout,
-        Processor(seg, config.timeout, config.overlay_max_side),
+        Processor(seg, config.timeout, config.overlay_max_side, config.dicom_outputs),
         status,
         config.settle,
         config.rescan,
         config.queue_size,
         config.inotify,
+        outbox=outbox,
     )
     stop_extra = None
     if start_extra is not None:
@@ -342,8 +398,12 @@ def serve(config: ServiceConfig, start_extra: Callable | None = None) -> int:
         except (OSError, HemosegError) as e:
             log("fatal", "error", error_type=type(e).__name__, msg=e)
             return EXIT_USAGE
+    if outbox is not None:
+        outbox.start()
     try:
         return service.run()
     finally:
         if stop_extra is not None:
             stop_extra()
+        if outbox is not None:
+            outbox.stop()
