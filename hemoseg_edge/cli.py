@@ -38,6 +38,7 @@ from .errors import (
     EXIT_USAGE,
     HemosegError,
     ModelError,
+    install_hint,
 )
 from .inputs import IMAGE_SUFFIXES
 
@@ -282,6 +283,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _overlay_arg(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--overlay-max-side",
+        type=int,
+        default=2048,
+        help="longest side of the overlay JPEG in px (0 = original size)",
+    )
+
+
 def _model_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--model", default=None, help="ONNX model or engine (default: shipped model)")
     s.add_argument("--backend", default="auto", choices=BACKENDS)
@@ -309,12 +319,7 @@ def _service_args(s: argparse.ArgumentParser) -> None:
     )
     s.add_argument("--timeout", type=float, default=120.0, help="per-file limit in seconds")
     s.add_argument("--queue-size", type=int, default=32, help="bounded processing queue length")
-    s.add_argument(
-        "--overlay-max-side",
-        type=int,
-        default=2048,
-        help="longest side of the overlay JPEG in px (0 = original size)",
-    )
+    _overlay_arg(s)
     s.add_argument("--no-inotify", action="store_true", help="rescans only (network mounts)")
     s.add_argument(
         "--forward",
@@ -377,7 +382,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
     import importlib.util
 
     if not (importlib.util.find_spec("ray") and importlib.util.find_spec("pyarrow")):
-        _err("error: archive needs the [archive] extra: pip install 'hemoseg-edge[archive]'")
+        _err(f"error: archive needs the [archive] extra: {install_hint('archive')}")
         return EXIT_USAGE
     from .archive import ArchiveConfig, run_archive
 
@@ -426,12 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="pixel probability threshold (default: the model's, chosen on validation)",
     )
-    s.add_argument(
-        "--overlay-max-side",
-        type=int,
-        default=2048,
-        help="longest side of the overlay JPEG in px (0 = original size)",
-    )
+    _overlay_arg(s)
     s.add_argument("-q", "--quiet", action="store_true")
     s.set_defaults(func=cmd_segment)
     i = sub.add_parser("info", help="print a model's metadata and check that it runs")
@@ -484,12 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="tune the backend for concurrent requests (OpenVINO streams)",
     )
-    hs.add_argument(
-        "--overlay-max-side",
-        type=int,
-        default=2048,
-        help="longest side of the overlay JPEG in px (0 = original size)",
-    )
+    _overlay_arg(hs)
     hs.add_argument(
         "--read-timeout", type=float, default=60.0, help="seconds to receive a body (408 beyond)"
     )
@@ -538,12 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per actor")
     a.add_argument("--batch-size", type=int, default=4, help="images per task and part file")
     _model_args(a)
-    a.add_argument(
-        "--overlay-max-side",
-        type=int,
-        default=2048,
-        help="longest side of the overlay JPEG in px (0 = original size)",
-    )
+    _overlay_arg(a)
     a.add_argument(
         "--retry-failed", action="store_true", help="process inputs whose row is failed again"
     )

@@ -45,3 +45,14 @@ class UsageError(HemosegError):
 
 class BackendUnavailableError(ModelError):
     """The requested inference backend is not installed on this machine."""
+
+
+def install_hint(extra: str) -> str:
+    """The pip command that adds an optional extra, as it works from here: a source checkout
+    (``pip install -e '<checkout>[extra]'``) or an installed package."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if (root / "pyproject.toml").is_file() and (root / "hemoseg_edge").is_dir():
+        return f"pip install -e '{root}[{extra}]'"
+    return f"pip install 'hemoseg-edge[{extra}]'"

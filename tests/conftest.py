@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,17 @@ from onnx import TensorProto, helper, numpy_helper
 from hemoseg_edge.model_file.metadata import ModelMetadata
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m hemoseg_edge ARGS`` from the repository, output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "hemoseg_edge", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+    )
 
 
 def data_root() -> Path:

@@ -429,6 +429,18 @@ def _damage_cases(put, base: np.ndarray, base_jpg: bytes, good_dcm: bytes, rgb: 
     put("bits12.dcm", dicom_bytes(ds), "failed", "BitsAllocated 12", reason="DICOM")
     put("zeros.jpg", b"\xff\xd8\xff" + bytes(5000), "failed", "JPEG magic then zeros")
     put("png_header_only.png", png(base)[:40], "failed", "PNG cut after IHDR", reason="PNG")
+    put("good.bmp", cv2.imencode(".bmp", base)[1].tobytes(), "done", "BMP")
+    grey_jpg = cv2.imencode(".jpg", cv2.cvtColor(base, cv2.COLOR_BGR2GRAY))[1].tobytes()
+    put("grey.jpg", grey_jpg, "done", "greyscale JPEG", flags=("greyscale_input",))
+    prog = cv2.imencode(".jpg", base, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    put("progressive.jpg", prog, "done", "progressive JPEG", status="ok")
+    exif = io.BytesIO()
+    im = Image.fromarray(cv2.cvtColor(base, cv2.COLOR_BGR2RGB))
+    ex = Image.Exif()
+    ex[0x0112] = 6  # Orientation: rotate 90 CW to display; the mask stays in stored orientation
+    im.save(exif, "JPEG", exif=ex.tobytes())
+    put("exif_rotated.jpg", exif.getvalue(), "done", "EXIF orientation 6", status="ok")
+    put("jpeg_q15.jpg", jpeg(base, 15), "done", "heavily compressed JPEG")
     noise = np.random.default_rng(3).integers(0, 256, base.shape, dtype=np.uint8)
     put("noise.png", png(noise), "done", "random noise", status=ungradable)
     del rgb

@@ -13,22 +13,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import REPO, idrid_images, make_tiny_onnx, require_data
+from conftest import REPO, idrid_images, make_tiny_onnx, require_data, run_cli
 from PIL import Image
 
 from hemoseg_edge.model_file.metadata import ModelMetadata
 
 EXIT_OK, EXIT_INPUT, EXIT_MODEL, EXIT_FLAGGED = 0, 1, 3, 4
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hemoseg_edge", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
 
 
 def assert_clean(proc: subprocess.CompletedProcess) -> None:

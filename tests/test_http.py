@@ -312,9 +312,7 @@ def test_concurrent_clients_correct_and_memory_flat(server, image, reference):
     for status, d in answers:
         assert status == 200, d
         assert d["lesion_count"] == reference["lesion_count"]
-        assert (
-            d["burden_percent"] == reference["burden_percent"]
-        )
+        assert d["burden_percent"] == reference["burden_percent"]
     assert elapsed < 180, elapsed
     assert after - before < 150 * 2**20, (before, after)
     health = json.loads(server.request("GET", "/health")[2])

@@ -6,13 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from hemoseg_edge import Segmenter
 from hemoseg_edge.inputs import load_image
@@ -109,16 +108,6 @@ def test_save_writes_four_files_or_none(seg, sample_image, tmp_path):
     with pytest.raises(OSError):
         r.save(ro)
     assert list(ro.iterdir()) == []
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "hemoseg_edge", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=300,
-    )
 
 
 def test_cli_csv_marks_ungradable_and_keeps_odd_names(tiny_model, sample_image, tmp_path):

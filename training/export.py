@@ -21,6 +21,29 @@ converter never guesses. Weights are written as float32 whatever the training pr
 The graph input is ``image`` (N, 1, H, W) float32 (the preprocessed green channel, x/255), the
 output ``probability`` (N, 1, H, W) float32; N is 1 unless ``batch`` says otherwise. The model
 metadata (``hemoseg_edge.model_file.metadata.ModelMetadata``) travels in ``metadata_props``.
+
+Why not tf2onnx (measured; decision: this converter stays). tf2onnx 1.17 (TF 2.21, Keras 3.15)
+converts model v2 (``engines/hemoseg_mnv2_v2.weights.h5``, mnv2, 1120x1152) without error, but
+not into this graph: NHWC I/O, each UpSampling2D as Unsqueeze/Tile/Transpose/Reshape (10 Tile,
+10 Transpose, 12 Reshape in 212 nodes; ``check_resize_rule`` fails), BatchNormalization as
+Mul + Add. As it comes it takes 1.27x [1.24, 1.30] this export's time on ONNX Runtime and
+1.20x [1.16, 1.23] on OpenVINO. Made legal (``inputs_as_nchw`` + a graph pass: the no-op I/O
+Reshapes dropped, each upsampling island -> one Resize; ``hemoseg_graph_pass`` in the script)
+it has 175 nodes, 0 Transpose, 10.62 MB (this export: 182 nodes, 0 Transpose, 10.78 MB) and
+takes 0.98x [0.98, 1.02] (ORT) and 0.98x [0.94, 1.01] (OpenVINO) the time, inside the A/A
+control (this export loaded twice: 0.96x ORT, 1.02x OpenVINO), so equal; with Mul + Add also
+turned back into BatchNormalization, 0.97x / 0.97x and the same ORT-optimised graph (84
+nodes). Agreement on IDRiD_55/56: max |p_tf2onnx - p_this| 1.4e-5 on ORT (each vs Keras
+2.4e-5), no mask pixel differs; 9.0e-3 and 19 pixels on OpenVINO (bf16 on this host). So the
+library buys no speed or accuracy; it needs a pass of ~150 lines that pattern-matches its
+lowering of the two ops this converter writes directly (Resize, BatchNormalization), and with a
+dynamic batch (``batch=None``) its graph adds 10 Shape, 5 Gather, 20 Slice, 20 Cast and 10
+Concat that the pass does not undo; conversion takes 5 s instead of 0.14 s and needs the
+TensorFlow backend. Times are single-thread process CPU time (``--threads 1 --clock cpu``, 10
+rounds, medians of per-round paired ratios with 95 % bootstrap intervals; wall-clock on a
+shared host was within +-20 % noise), Intel(R) Xeon(R) Processor (lscpu), 2 cores. Reproduce:
+``PYTHONPATH=. python benchmarks/compare_export.py --out /tmp/export.json --threads 1 --clock
+cpu`` (needs tf2onnx).
 """
 
 from __future__ import annotations

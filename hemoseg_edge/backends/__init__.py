@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from ..errors import BackendUnavailableError, HemosegError
+from ..errors import BackendUnavailableError, HemosegError, install_hint
 from .base import Backend, InputSpec
 
 BackendName = Literal["auto", "onnxruntime", "openvino", "tensorrt"]
@@ -69,7 +69,7 @@ def load_backend(
             from .openvino import OpenVinoBackend
         except ImportError:
             raise BackendUnavailableError(
-                "OpenVINO backend needs the [openvino] extra: pip install 'hemoseg-edge[openvino]'"
+                f"OpenVINO backend needs the [openvino] extra: {install_hint('openvino')}"
             ) from None
         return OpenVinoBackend(model, source, throughput=throughput, **kw)
     try:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cpu import BF16_FLAGS, cpu_flags
-from ..errors import BackendUnavailableError, ModelError
+from ..errors import BackendUnavailableError, ModelError, install_hint
 from .base import Backend, InputSpec
 
 _ALIASES = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
@@ -113,7 +113,7 @@ class OpenVinoBackend(Backend):
             import openvino as ov
         except ImportError:
             raise BackendUnavailableError(
-                "OpenVINO backend needs the [openvino] extra: pip install 'hemoseg-edge[openvino]'"
+                f"OpenVINO backend needs the [openvino] extra: {install_hint('openvino')}"
             ) from None
         core = ov.Core()
         try:

@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import InputImageError
+from ..errors import InputImageError, install_hint
 from .base import MIN_SIDE, LoadedImage
 
 METADATA_KEYWORDS = (
@@ -25,6 +25,7 @@ METADATA_KEYWORDS = (
     "SOPInstanceUID",
     "Modality",
     "SOPClassUID",
+    "ImageLaterality",  # (0020,0062) R / L / U / B: the eye, for anatomy.laterality
 )
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")
 _GREY = ("MONOCHROME1", "MONOCHROME2")
@@ -35,7 +36,7 @@ def _pydicom(name: str):
         import pydicom
     except ImportError:
         raise InputImageError(
-            f"{name}: DICOM input needs pydicom: pip install 'hemoseg-edge[service]'"
+            f"{name}: DICOM input needs pydicom: {install_hint('service')}"
         ) from None
     return pydicom
 

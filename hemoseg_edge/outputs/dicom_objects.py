@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import install_hint
 from ..result import SegmentationResult
 
 DICOM_OUTPUT_KINDS = ("seg", "sr", "sc")
@@ -45,7 +46,7 @@ _SERIES_NUMBERS = {"seg": 9001, "sr": 9002, "sc": 9003, "src": 9000}
 
 
 class DicomOutputUnavailable(RuntimeError):
-    """highdicom/pydicom are not installed (``pip install 'hemoseg-edge[service]'``)."""
+    """highdicom/pydicom are not installed (the [service] extra: ``errors.install_hint``)."""
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def _modules():
         from pydicom.sr.codedict import codes
     except ImportError:
         raise DicomOutputUnavailable(
-            "DICOM output needs highdicom: pip install 'hemoseg-edge[service]'"
+            f"DICOM output needs highdicom: {install_hint('service')}"
         ) from None
     return hd, pydicom, codes
 

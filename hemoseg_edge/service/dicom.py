@@ -15,6 +15,7 @@ import threading
 import uuid
 from collections.abc import Callable
 
+from ..errors import install_hint
 from .config import ListenerConfig, ServiceConfig
 from .folders import Layout, fsync_dir
 from .log import log
@@ -76,7 +77,7 @@ def start_listener(args: ListenerConfig, layout: Layout, status: Status) -> Call
     try:
         from pynetdicom import AE, evt
     except ImportError:
-        msg = "dicom-listen needs pynetdicom: pip install 'hemoseg-edge[service]'"
+        msg = f"dicom-listen needs pynetdicom: {install_hint('service')}"
         raise OSError(msg) from None
     partial = layout.in_dir / ".partial"
     partial.mkdir(exist_ok=True)

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from .. import __version__
-from ..errors import EXIT_MODEL, EXIT_OK, EXIT_USAGE, HemosegError
+from ..errors import EXIT_MODEL, EXIT_OK, EXIT_USAGE, HemosegError, install_hint
 from ..inputs import decode_image
 from ..outputs import render_outputs
 from ..outputs.encode import encode_png_mask
@@ -473,7 +473,7 @@ def run_http(config: HttpConfig) -> int:
     except ImportError as e:
         print(
             f"hemoseg-edge: error: the HTTP API needs the [http] extra "
-            f"(pip install 'hemoseg-edge[http]'): {e}",
+            f"({install_hint('http')}): {e}",
             file=sys.stderr,
         )
         return EXIT_USAGE
