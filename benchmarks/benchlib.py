@@ -228,3 +228,15 @@ def make_fallback_model(folder: Path) -> Path:
     p = folder / "tiny_fallback.onnx"
     p.write_bytes(TESTS.make_tiny_onnx(HW, metadata=md))
     return p
+
+
+def add_timing_args(ap) -> None:
+    """``--threads`` and ``--clock`` for the side-by-side comparison scripts."""
+    ap.add_argument("--threads", type=int, default=0, help="inference threads (0: the runtime's)")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: latency as deployed; cpu: process CPU time (with --threads 1: the work, "
+        "insensitive to other processes on the host)",
+    )

@@ -56,7 +56,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from benchlib import TESTS  # noqa: E402
+from benchlib import TESTS, add_timing_args  # noqa: E402
 
 ARCH, VERSION = "mnv2", "v2"
 WEIGHTS = REPO / "engines" / "hemoseg_mnv2_v2.weights.h5"
@@ -441,14 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     ap.add_argument("--rounds", type=int, default=15, help="timed runs per variant and runtime")
     ap.add_argument("--images", type=int, default=2, help="IDRiD test images for agreement")
-    ap.add_argument("--threads", type=int, default=0, help="inference threads (0: runtime's)")
-    ap.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall: latency as deployed; cpu: process CPU time (with --threads 1: the work, "
-        "insensitive to other processes on the host)",
-    )
+    add_timing_args(ap)
     args = ap.parse_args(argv)
 
     import keras

@@ -45,7 +45,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from bench_parity import truth  # noqa: E402
-from benchlib import TESTS  # noqa: E402
+from benchlib import TESTS, add_timing_args  # noqa: E402
 from compare_export import _host, paired  # noqa: E402
 
 from hemoseg_edge.metrics import Counts, confusion, dice  # noqa: E402
@@ -168,14 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=10, help="timed runs per model and runtime")
     ap.add_argument("--images", type=int, default=4, help="IDRiD test images for accuracy")
     ap.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
-    ap.add_argument("--threads", type=int, default=0, help="inference threads (0: backend's)")
-    ap.add_argument(
-        "--clock",
-        choices=("wall", "cpu"),
-        default="wall",
-        help="wall: latency as deployed; cpu: process CPU time (with --threads 1: the work, "
-        "insensitive to other processes on the host)",
-    )
+    add_timing_args(ap)
     ap.add_argument("--skip-accuracy", action="store_true", help="graph and latency only")
     ap.add_argument("--skip-speed", action="store_true", help="graph and accuracy only")
     args = ap.parse_args(argv)
