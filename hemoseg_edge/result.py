@@ -15,16 +15,43 @@ from .quality import UNGRADABLE_FLAGS
 from .version import __version__
 
 QUADRANTS = ("upper_left", "upper_right", "lower_left", "lower_right")
+# with the eye known: superior = upper (fundus photographs are displayed upright), nasal = the
+# optic disc's side (a right eye's disc is on the right of the image as displayed)
+ANATOMICAL_QUADRANTS = ("superotemporal", "superonasal", "inferotemporal", "inferonasal")
+LATERALITIES = ("right", "left")
+# DR-grade hint from hemorrhages alone (``SegmentationResult.dr_hint``)
+SEVERE_HEMORRHAGES_PER_QUADRANT = 20
+DR_HINT_CAVEAT = (
+    "Hint from hemorrhages alone: microaneurysms, exudates, venous beading, IRMA and new "
+    "vessels are not assessed, and lesion counts come from an automated segmentation (false "
+    "positives, merged or split lesions). Not a DR grade; research software, not a medical "
+    "device."
+)
 # The JSON's layout (docs/results.md lists every field and the breaking changes)
 SCHEMA_VERSION = 2
 
 
-def _lesion_dict(les: Lesion) -> dict:
+def anatomical_quadrant(quadrant: str, laterality: str) -> str:
+    """An image quadrant (``QUADRANTS``) as superior/inferior and temporal/nasal for a
+    ``"right"`` or ``"left"`` eye: the nasal half is the disc's side, right for a right eye."""
+    vertical, side = quadrant.split("_")
+    nasal_side = "right" if laterality == "right" else "left"
+    return ("supero" if vertical == "upper" else "infero") + (
+        "nasal" if side == nasal_side else "temporal"
+    )
+
+
+def _lesion_dict(les: Lesion, laterality: str | None = None) -> dict:
     return {
         "area_px": les.area_px,
         "centroid_xy": list(les.centroid),
         "bbox_xywh": list(les.bbox),
         "quadrant": les.quadrant,
+        "anatomical_quadrant": (
+            anatomical_quadrant(les.quadrant, laterality) if laterality else None
+        ),
+        "distance_to_fovea_dd": les.distance_to_fovea_dd,
+        "macular": les.macular,
     }
 
 
@@ -34,6 +61,49 @@ class Lesion:
     centroid: tuple[float, float]  # x, y in original pixels
     bbox: tuple[int, int, int, int]  # x, y, width, height in original pixels
     quadrant: str
+    # ``anatomy.annotate_lesions``: centroid to the fovea estimate in disc diameters, and
+    # whether that is within ``anatomy.MACULAR_DD``; None without a fovea estimate. Not part
+    # of equality: two lesions are the same lesion whatever the anatomy around them
+    distance_to_fovea_dd: float | None = field(default=None, compare=False)
+    macular: bool | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Anatomy:
+    """Optic disc, fovea and laterality (``anatomy.locate``), in original pixels.
+
+    ``found``: the disc was located (a bright compact peak inside a field of view).
+    ``disc_radius`` is nominal (a fixed fraction of the FOV radius, ``anatomy``), not measured.
+    ``fovea`` is an estimate (darkest region temporal of the disc), None where the temporal
+    side is unknown. ``laterality``: ``"right"``/``"left"`` or None; ``laterality_source``:
+    ``"dicom"`` (ImageLaterality), ``"disc_side"`` or None."""
+
+    found: bool
+    disc_center: tuple[float, float] | None = None
+    disc_radius: float | None = None
+    disc_score: float = 0.0  # peak contrast, in standard deviations of the FOV's brightness
+    fovea: tuple[float, float] | None = None
+    laterality: str | None = None
+    laterality_source: str | None = None
+
+    @property
+    def disc_diameter(self) -> float | None:
+        return 2.0 * self.disc_radius if self.disc_radius else None
+
+    def to_dict(self) -> dict:
+        def pt(p: tuple[float, float] | None) -> list[float] | None:
+            return [round(p[0], 1), round(p[1], 1)] if p is not None else None
+
+        return {
+            "found": self.found,
+            "disc_center_xy": pt(self.disc_center),
+            "disc_radius_px": round(self.disc_radius, 1) if self.disc_radius else None,
+            "disc_radius_source": "nominal" if self.disc_radius else None,
+            "disc_score": round(self.disc_score, 2),
+            "fovea_xy": pt(self.fovea),
+            "laterality": self.laterality,
+            "laterality_source": self.laterality_source,
+        }
 
 
 Window = tuple[int, int, int, int]  # x0, y0, x1, y1 in original pixels (x1, y1 exclusive)
@@ -82,6 +152,7 @@ class SegmentationResult:
     image_score: float = 0.0
     image_threshold: float | None = None
     input_sha256: str | None = None  # of the file's bytes (None for an array input)
+    anatomy: Anatomy = field(default_factory=lambda: Anatomy(found=False))
     created_utc: str = field(
         default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds")
     )
@@ -130,6 +201,46 @@ class SegmentationResult:
         for les in self.lesions:
             counts[les.quadrant] += 1
         return counts
+
+    @property
+    def laterality(self) -> str | None:
+        return self.anatomy.laterality
+
+    @property
+    def anatomical_quadrant_counts(self) -> dict[str, int] | None:
+        """``quadrant_counts`` as superotemporal/superonasal/inferotemporal/inferonasal (the
+        same quadrants around the FOV centre, renamed); None when the eye is not known."""
+        lat = self.anatomy.laterality
+        if lat is None:
+            return None
+        counts = dict.fromkeys(ANATOMICAL_QUADRANTS, 0)
+        for q, n in self.quadrant_counts.items():
+            counts[anatomical_quadrant(q, lat)] += n
+        return counts
+
+    @property
+    def dr_hint(self) -> dict | None:
+        """A DR-grade hint from hemorrhages alone (``text``, ``rule``, ``caveat``); None when
+        ungradable. Hemorrhage present: the image-level verdict where the model has an
+        operating point, else any lesion. Present -> "at least moderate NPDR"; at least
+        ``SEVERE_HEMORRHAGES_PER_QUADRANT`` lesions in each of the 4 quadrants -> "severe NPDR
+        suspected" (the 4-2-1 rule's hemorrhage arm)."""
+        if not self.gradable:
+            return None
+        present = self.hemorrhage_detected
+        if present is None:
+            present = bool(self.lesions)
+        counts = self.quadrant_counts
+        if present and min(counts.values()) >= SEVERE_HEMORRHAGES_PER_QUADRANT:
+            text = "severe NPDR suspected (4-2-1 rule, hemorrhage arm)"
+            rule = f">= {SEVERE_HEMORRHAGES_PER_QUADRANT} hemorrhages in each of the 4 quadrants"
+        elif present:
+            text = "at least moderate NPDR"
+            rule = "any hemorrhage"
+        else:
+            text = "no hemorrhage found: DR not excluded"
+            rule = "no hemorrhage"
+        return {"text": text, "rule": rule, "caveat": DR_HINT_CAVEAT}
 
     # --- outputs, Ultralytics-style: the drawing and the files live in ``hemoseg_edge.outputs``
     def plot(self, image: str | os.PathLike | np.ndarray | None = None) -> np.ndarray:
@@ -188,7 +299,10 @@ class SegmentationResult:
             "fov_area_px": self.fov_area_px,
             "quadrant_counts": self.quadrant_counts if graded else None,
             "quadrant_convention": "image quadrants around the FOV centre, as displayed",
-            "lesions": [_lesion_dict(les) for les in self.lesions] if graded else [],
+            "anatomical_quadrant_counts": self.anatomical_quadrant_counts if graded else None,
+            "lesions": [_lesion_dict(les, self.laterality) for les in self.lesions]
+            if graded
+            else [],
             "flags": list(self.flags),
             "geometry": {
                 "original_hw": list(g.original_hw),
@@ -198,6 +312,8 @@ class SegmentationResult:
                 "fov_center_xy": list(g.fov_center),
                 "fov_radius_px": g.fov_radius,
             },
+            "anatomy": self.anatomy.to_dict(),
+            "dr_hint": self.dr_hint,
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
             "model": dict(self.model),
         }

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from . import quality
+from . import anatomy, quality
 from .backends import Backend, BackendName, auto_choice, available, load_backend
 from .cpu import INT8_FLAGS, cpu_flags
 from .errors import EXIT_STUCK, HemosegError, ModelError
@@ -202,7 +202,12 @@ class Segmenter:
         extent = min(2 * g.fov_radius, g.box[2] - g.box[0], g.box[3] - g.box[1])  # original px
         flags = quality.assess(image.frame, pre.fov, pre.green_stats, colour, extent)
         flags += list(image.notes)
-        timings["postprocess"] = 1000 * (time.perf_counter() - t)
+        t2 = time.perf_counter()
+        timings["postprocess"] = 1000 * (t2 - t)
+        # optic disc, fovea, laterality; each lesion's distance to the fovea (``anatomy``)
+        anat = anatomy.locate(image.frame, pre.fov, pre.geometry, image.metadata)
+        lesions = anatomy.annotate_lesions(lesions, anat)
+        timings["anatomy"] = 1000 * (time.perf_counter() - t2)
         return SegmentationResult(
             source=image.path,
             probability=prob,
@@ -223,6 +228,7 @@ class Segmenter:
             },
             input_sha256=image.sha256,
             image_score=score,
+            anatomy=anat,
             image_threshold=(
                 self.metadata.image_threshold if self.metadata.has_image_threshold else None
             ),

@@ -2,11 +2,12 @@
 
 Three panels of the same size — the photograph as it is; the same with every lesion outlined,
 the largest ones numbered as in the JSON's ``lesions`` list, the field-of-view centre and the
-quadrant lines; the model's probability as a heat map with its colour scale and the operating
-point — under a header panel that carries the verdict and score, burden, lesion and quadrant
-counts, the flags, the model's identity and "research software, not a medical device", and a
-red "NOT GRADABLE" banner where the photograph is ungradable. Text is drawn on the panels, never
-on the photograph, so it is readable on any fundus.
+quadrant lines, the optic disc (green circle) and the fovea estimate (green cross); the model's
+probability as a heat map with its colour scale and the operating point — under a header panel
+that carries the verdict and score, burden, lesion and quadrant counts, the eye and the
+DR-grade hint from hemorrhages (caveated), the flags, the model's identity and "research software,
+not a medical device", and a red "NOT GRADABLE" banner where the photograph is ungradable. Text
+is drawn on the panels, never on the photograph, so it is readable on any fundus.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ _INK = (30, 30, 30)
 _RED = (40, 40, 210)
 _OUTLINE = (255, 255, 0)  # cyan in BGR
 _LABEL = (0, 255, 255)  # yellow
+_ANATOMY = (80, 220, 80)  # green: optic disc circle, fovea cross
 
 
 def _fit(image: np.ndarray, side: int) -> np.ndarray:
@@ -57,6 +59,7 @@ def _annotate(panel: np.ndarray, result: SegmentationResult, scale: float) -> np
             p1 = (round(cx + dx * r), round(cy + dy * r))
             cv2.line(out, p0, p1, (200, 200, 200), line, cv2.LINE_AA)
         cv2.drawMarker(out, (round(cx), round(cy)), (255, 255, 255), cv2.MARKER_CROSS, 18, 2)
+    _anatomy_marks(out, result, scale, line)
     if not result.gradable:
         fs = 1.6 * w / 900
         (tw, th), _ = cv2.getTextSize("NOT GRADABLE", _FONT, fs, 4)
@@ -80,6 +83,34 @@ def _annotate(panel: np.ndarray, result: SegmentationResult, scale: float) -> np
         cv2.putText(out, str(i + 1), org, _FONT, fs, (0, 0, 0), 3, cv2.LINE_AA)
         cv2.putText(out, str(i + 1), org, _FONT, fs, _LABEL, 1, cv2.LINE_AA)
     return out
+
+
+def _anatomy_marks(out: np.ndarray, result: SegmentationResult, scale: float, line: int) -> None:
+    """The optic disc (green circle, nominal radius) and the fovea estimate (green cross)."""
+    a = result.anatomy
+    if not a.found or a.disc_center is None or not a.disc_radius:
+        return
+    c = (round(a.disc_center[0] * scale), round(a.disc_center[1] * scale))
+    cv2.circle(out, c, max(2, round(a.disc_radius * scale)), _ANATOMY, line + 1, cv2.LINE_AA)
+    if a.fovea is not None:
+        f = (round(a.fovea[0] * scale), round(a.fovea[1] * scale))
+        cv2.drawMarker(out, f, _ANATOMY, cv2.MARKER_TILTED_CROSS, 22, line + 1, cv2.LINE_AA)
+
+
+def _anatomy_line(result: SegmentationResult) -> str:
+    a = result.anatomy
+    if not a.found:
+        return "optic disc not found: no fovea, eye from DICOM only" + (
+            f" ({a.laterality} eye)" if a.laterality else ""
+        )
+    eye = f"{a.laterality} eye (from {a.laterality_source})" if a.laterality else "eye unknown"
+    macular = sum(1 for les in result.lesions if les.macular)
+    fov = (
+        f"; {macular} lesions within 1 disc diameter of the fovea estimate"
+        if a.fovea is not None and result.gradable
+        else "; no fovea estimate"
+    )
+    return f"{eye}{fov}"
 
 
 def _heatmap(panel: np.ndarray, result: SegmentationResult, scale: float) -> np.ndarray:
@@ -141,6 +172,24 @@ def _header(width: int, result: SegmentationResult) -> np.ndarray:
                 1,
             )
         )
+        aq = result.anatomical_quadrant_counts
+        if aq is not None:
+            named = ", ".join(f"{k} {n}" for k, n in aq.items())
+            lines.append((f"{_anatomy_line(result)}; {named}", _INK, 0.5, 1))
+        else:
+            lines.append((_anatomy_line(result), _INK, 0.5, 1))
+        hint = result.dr_hint
+        if hint is not None:
+            lines.append((f"DR hint (hemorrhages only): {hint['text']}", _RED, 0.6, 2))
+            lines.append(
+                (
+                    "not a grade: microaneurysms and exudates are not assessed; "
+                    "counts are automated",
+                    (90, 90, 90),
+                    0.45,
+                    1,
+                )
+            )
     m = result.model
     ident = f"model {m.get('source', '?')} {m.get('version', '')} {m.get('precision', '')}"
     lines.append(
@@ -209,5 +258,8 @@ def render_visual_report(photo_bgr: np.ndarray, result: SegmentationResult) -> n
     _text(legend, "lesion number", (210, 23), 0.5)
     cv2.drawMarker(legend, (370, 18), (120, 120, 120), cv2.MARKER_CROSS, 14, 2)
     _text(legend, "field-of-view centre; lines: quadrants", (384, 23), 0.5)
+    cv2.circle(legend, (720, 18), 8, _ANATOMY, 2, cv2.LINE_AA)
+    cv2.drawMarker(legend, (745, 18), _ANATOMY, cv2.MARKER_TILTED_CROSS, 14, 2)
+    _text(legend, "optic disc; fovea (estimate)", (760, 23), 0.5)
     bar[:, : w - pw] = legend
     return np.vstack([_header(w, result), captions, row, bar])
