@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 
@@ -241,38 +239,6 @@ class SegmentationResult:
             text = "no hemorrhage found: DR not excluded"
             rule = "no hemorrhage"
         return {"text": text, "rule": rule, "caveat": DR_HINT_CAVEAT}
-
-    # --- outputs, Ultralytics-style: the drawing and the files live in ``hemoseg_edge.outputs``
-    def plot(self, image: str | os.PathLike | np.ndarray | None = None) -> np.ndarray:
-        """The visual report (``outputs.visual``) as a BGR uint8 array. ``image``: the
-        photograph (a path or a BGR array; default: the file this result came from)."""
-        from .outputs.overlay import load_overlay_frame
-        from .outputs.visual import render_visual_report
-
-        if image is None or not isinstance(image, np.ndarray):
-            image = load_overlay_frame(self._file(image), self, 2048)
-        return render_visual_report(image, self)
-
-    def save(
-        self,
-        folder: str | os.PathLike,
-        stem: str | None = None,
-        image: str | os.PathLike | None = None,
-        overlay_max_side: int = 2048,
-    ) -> dict[str, str]:
-        """Write mask PNG, overlay, visual report and JSON into ``folder`` (all or none);
-        returns ``{kind: path}``. ``image``: the photograph's file (default: the source)."""
-        from .outputs.per_image import write_outputs
-
-        path = self._file(image)
-        name = stem or os.path.splitext(os.path.basename(path))[0] or "image"
-        return write_outputs(self, path, Path(folder), name, overlay_max_side)
-
-    def _file(self, image: str | os.PathLike | None) -> str:
-        path = os.fspath(image) if image is not None else self.source
-        if not os.path.isfile(path):
-            raise ValueError(f"{path!r} is not a file: pass the photograph (image=...)")
-        return path
 
     def to_dict(self) -> dict:
         """JSON-ready summary (no pixel arrays). An ungradable photograph reports no burden,

@@ -14,6 +14,7 @@ from PIL import Image
 
 from hemoseg_edge import anatomy
 from hemoseg_edge.inputs import load_image
+from hemoseg_edge.outputs import plot
 from hemoseg_edge.preprocess import Geometry, preprocess_geometry
 from hemoseg_edge.result import (
     DR_HINT_CAVEAT,
@@ -238,5 +239,5 @@ def test_segmenter_result_carries_anatomy(tiny_model, sample_image):
     assert set(d["anatomy"]) >= {"found", "disc_center_xy", "fovea_xy", "laterality"}
     if res.gradable:
         assert d["dr_hint"] is not None
-    report = res.plot(np.zeros((*res.geometry.original_hw, 3), np.uint8))
+    report = plot(res, np.zeros((*res.geometry.original_hw, 3), np.uint8))
     assert report.ndim == 3

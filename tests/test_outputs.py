@@ -15,6 +15,7 @@ from conftest import run_cli
 
 from hemoseg_edge import Segmenter
 from hemoseg_edge.inputs import load_image
+from hemoseg_edge.outputs import plot, save
 from hemoseg_edge.quality import MIN_FOV_DIAMETER_PX
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,12 +83,12 @@ def test_resolution_above_the_floor_is_not_flagged(seg, photo):
 
 def test_visual_report_layout(seg, sample_image, photo):
     ok = seg.segment(sample_image)
-    img = ok.plot()
+    img = plot(ok)
     assert img.dtype == np.uint8 and img.ndim == 3
     assert img.shape[1] > 2.5 * img.shape[0] * 0.8  # three panels side by side
     assert (img[5, 5] == 255).all()  # a white header panel
     bad = seg.segment(np.zeros_like(photo[:800, :1000]))
-    report = bad.plot(np.zeros((800, 1000, 3), np.uint8))
+    report = plot(bad, np.zeros((800, 1000, 3), np.uint8))
     assert tuple(report[5, 5]) == (225, 225, 255)  # the header turns pink
     head = report[:120]
     red_text = (head[..., 2] > 180) & (head[..., 0] < 120) & (head[..., 1] < 120)
@@ -96,7 +97,7 @@ def test_visual_report_layout(seg, sample_image, photo):
 
 def test_save_writes_four_files_or_none(seg, sample_image, tmp_path):
     r = seg.segment(sample_image)
-    files = r.save(tmp_path / "out")
+    files = save(r, tmp_path / "out")
     assert set(files) == {"mask", "overlay", "report", "json"}
     assert all(Path(p).is_file() for p in files.values())
     assert json.loads(Path(files["json"]).read_text())["outputs"]["report"].endswith("_report.jpg")
@@ -106,7 +107,7 @@ def test_save_writes_four_files_or_none(seg, sample_image, tmp_path):
     if os.access(ro, os.W_OK):
         pytest.skip("running as root: a read-only folder is still writable")
     with pytest.raises(OSError):
-        r.save(ro)
+        save(r, ro)
     assert list(ro.iterdir()) == []
 
 

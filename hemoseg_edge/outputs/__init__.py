@@ -11,7 +11,15 @@ from .dicom_objects import (
     render_dicom_outputs,
 )
 from .html_report import write_html_report
-from .per_image import OUTPUT_KINDS, output_names, render_outputs, summary_line, write_outputs
+from .per_image import (
+    OUTPUT_KINDS,
+    output_names,
+    plot,
+    render_outputs,
+    save,
+    summary_line,
+    write_outputs,
+)
 from .report import REPORT_FIELDS, failed_row, result_row, write_report
 from .write_behind import write_behind
 
@@ -24,9 +32,11 @@ __all__ = [
     "dicom_output_names",
     "failed_row",
     "output_names",
+    "plot",
     "render_dicom_outputs",
     "render_outputs",
     "result_row",
+    "save",
     "summary_line",
     "write_behind",
     "write_html_report",

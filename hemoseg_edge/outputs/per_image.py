@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..files import atomic_write_all, printable_path
 from ..result import SegmentationResult
 from .encode import encode_jpeg, encode_png_mask
@@ -71,3 +73,34 @@ def write_outputs(
     files = render_outputs(result, path, stem, overlay_max_side, extra)
     written = atomic_write_all(out_dir, files)
     return dict(zip(OUTPUT_KINDS, (printable_path(p) for p in written), strict=True))
+
+
+def plot(
+    result: SegmentationResult, image: str | os.PathLike | np.ndarray | None = None
+) -> np.ndarray:
+    """The visual report as a BGR uint8 array. ``image``: the photograph (a path or a BGR
+    array; default: the file the result came from)."""
+    if image is None or not isinstance(image, np.ndarray):
+        image = load_overlay_frame(_photo_file(result, image), result, 2048)
+    return render_visual_report(image, result)
+
+
+def save(
+    result: SegmentationResult,
+    folder: str | os.PathLike,
+    stem: str | None = None,
+    image: str | os.PathLike | None = None,
+    overlay_max_side: int = 2048,
+) -> dict[str, str]:
+    """Write mask PNG, overlay, visual report and JSON into ``folder`` (all or none);
+    ``{kind: path}``. ``image``: the photograph's file (default: the result's source)."""
+    path = _photo_file(result, image)
+    name = stem or os.path.splitext(os.path.basename(path))[0] or "image"
+    return write_outputs(result, path, Path(folder), name, overlay_max_side)
+
+
+def _photo_file(result: SegmentationResult, image: str | os.PathLike | None) -> str:
+    path = os.fspath(image) if image is not None else result.source
+    if not os.path.isfile(path):
+        raise ValueError(f"{path!r} is not a file: pass the photograph (image=...)")
+    return path
