@@ -7,7 +7,8 @@ at a few client concurrencies, over loopback, against a server process started h
 Bounded: ``--requests`` per level and ``--time-limit`` seconds per level (whichever first).
 Records the host (``lscpu`` model name, cores, load average: a shared machine shows in it),
 the model and backend the server reports, and the concurrency of each row. Not collected by
-``make bench`` (pytest there collects ``bench_*.py``); BENCHMARKS.md is not touched.
+``make bench`` (pytest there collects ``bench_*.py``); ``benchmarks/report.py`` renders the
+committed ``benchmarks/load_http.json`` (``--out``) as BENCHMARKS.md's "serve" section.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
@@ -182,6 +184,7 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": host,
         "image": os.path.basename(args.image),
         "image_bytes": len(body),

@@ -33,6 +33,7 @@ GROUP_ORDER = (
     "cpu-budget",
     "memory",
     "parity",
+    "archive",
 )
 # Advertised AI performance of each Jetson Orin module: INT8 TOPS *with* 2:4 structured sparsity,
 # GPU and DLAs together (NVIDIA Jetson Orin module data sheets; "Super" = JetPack 6.2 clocks).
@@ -167,6 +168,97 @@ def generic_section(benches: list[dict]) -> list[str]:
         )
         rows.append([_label(b), _ms(st["median"]), _ms(st["iqr"]), st["rounds"], extra])
     return _table(["benchmark", "median ms", "IQR ms", "rounds", "notes"], rows)
+
+
+def archive_section(benches: list[dict]) -> list[str]:
+    """Ray Data against ``segment``'s batch path, each round paired with a yardstick run just
+    before it (bench_archive.py), and Ray's cost per task."""
+    rows, sched = [], []
+    for b in benches:
+        ei = b.get("extra_info", {})
+        if ei.get("mode") == "archive-scheduling":
+            sched.append(
+                f"Ray Data scheduling: {ei['scheduling_ms_per_task']} ms per task "
+                f"(rounds {ei['scheduling_ms_per_task_rounds']}; "
+                f"{ei['scheduling_ms_per_image_at_batch_4']} ms per image at the CLI's batch of 4)."
+            )
+            continue
+        rows.append(
+            [
+                f"{ei.get('workers')} actor(s) x {ei.get('cpus_per_worker')} CPU",
+                ei.get("images_per_round"),
+                ei.get("images_per_s"),
+                ei.get("segment_batch_images_per_s"),
+                ei.get("paired_ratio"),
+                ei.get("overhead_ms_per_image"),
+                ei.get("steady_images_per_s"),
+                ei.get("startup_s"),
+                b["stats"]["rounds"],
+            ]
+        )
+    head = [
+        "archive",
+        "images/round",
+        "images/s",
+        "segment batch images/s (same run)",
+        "ratio",
+        "Ray overhead ms/image",
+        "steady images/s",
+        "start-up s",
+        "rounds",
+    ]
+    note = (
+        "ratio: a round's archive rate over the yardstick's just before it, actor start and "
+        "model load included; steady: the rate between the first and the last row written."
+    )
+    return [*_table(head, rows), note, "", *sched, ""] if rows or sched else []
+
+
+def serve_section(load: dict) -> list[str]:
+    """``hemoseg-edge serve`` under load (benchmarks/load_http.py --out)."""
+    host = load.get("host", {})
+    model = load.get("model", {})
+    lines = [
+        "## serve (HTTP)",
+        "",
+        f"`benchmarks/load_http.py` against `hemoseg-edge serve` on loopback "
+        f"({load.get('source')}, {load.get('date', '?')}): POST /v1/segment with "
+        f"{load.get('image')} ({load.get('image_bytes')} bytes), model {model.get('name')} "
+        f"({model.get('precision', '?')}), {load.get('server_workers')} inference worker(s); "
+        f"host {host.get('cpu_model')}, {host.get('cpus')} CPUs, load average at start "
+        f"{[round(v, 2) for v in host.get('load_avg') or []]}. Idle RSS after model load {load.get('idle_rss_mb_after_load')} "
+        "MB.",
+        "",
+    ]
+    rows = [
+        [
+            r["concurrency"],
+            r["requests_ok"],
+            len(r["errors"]),
+            r["requests_per_s"],
+            r["p50_ms"],
+            r["p99_ms"],
+            r["peak_rss_mb"],
+        ]
+        for r in load.get("levels", [])
+    ]
+    head = ["clients", "ok", "errors", "requests/s", "p50 ms", "p99 ms", "peak RSS MB"]
+    return [*lines, *_table(head, rows)]
+
+
+def _host_of(run: dict) -> tuple[str, str]:
+    mi = run.get("machine_info", {})
+    cpu = mi.get("hemoseg", {}).get("cpu_model") or mi.get("cpu", {}).get("brand_raw", "?")
+    return cpu, str(run.get("datetime", "?"))
+
+
+def measured_apart(benches: list[dict], main: tuple[str, str]) -> list[str]:
+    """A line naming the run of a group measured in another run than the machine section's."""
+    runs = {tuple(b["_run"]) for b in benches if "_run" in b and tuple(b["_run"][:2]) != main}
+    return [
+        f"Measured in a separate run: {cpu}, {date}, load average at start {load}."
+        for cpu, date, load in sorted(runs, key=str)
+    ] + ([""] if runs else [])
 
 
 def memory_section(benches: list[dict]) -> list[str]:
@@ -448,6 +540,7 @@ def render(
     md_path: Path,
     gflop: float,
     int8_cmp: dict | None = None,
+    load: dict | None = None,
 ) -> str:
     groups = by_group(data)
     lines = [
@@ -467,14 +560,19 @@ def render(
         if g not in groups:
             continue
         lines += [f"## {g}", ""]
+        lines += measured_apart(groups[g], _host_of(data))
         if g == "inference":
             lines += inference_section(groups[g])
         elif g == "memory":
             lines += memory_section(groups[g])
         elif g == "parity":
             lines += parity_section(groups[g])
+        elif g == "archive":
+            lines += archive_section(groups[g])
         else:
             lines += generic_section(groups[g])
+    if load:
+        lines += serve_section(load)
     if int8_cmp:
         lines += int8_section(int8_cmp)
     lines += jetson_section(gflop)
@@ -485,7 +583,14 @@ def merge(runs: list[dict]) -> dict:
     """One report from several runs: all benchmarks, the first run's machine; the load averages
     of every run are kept."""
     data = dict(runs[0])
-    data["benchmarks"] = [b for r in runs for b in r.get("benchmarks", [])]
+    data["benchmarks"] = [
+        {
+            **b,
+            "_run": [*_host_of(r), str(r.get("hemoseg", {}).get("load_average_at_start"))],
+        }
+        for r in runs
+        for b in r.get("benchmarks", [])
+    ]
     if len(runs) > 1:
         hm = dict(data.get("hemoseg", {}))
         hm["load_average_at_start"] = [
@@ -514,17 +619,26 @@ def main(argv: list[str] | None = None) -> int:
         default=HERE / "int8_methods.json",
         help="benchmarks/compare_int8.py output (section skipped when absent)",
     )
+    p.add_argument(
+        "--serve",
+        type=Path,
+        default=HERE / "load_http.json",
+        help="benchmarks/load_http.py --out output (section skipped when absent)",
+    )
     args = p.parse_args(argv)
     try:
         data = merge([json.loads(p.read_text()) for p in args.json])
         int8_cmp = json.loads(args.int8.read_text()) if args.int8.is_file() else None
+        load = json.loads(args.serve.read_text()) if args.serve.is_file() else None
     except (OSError, json.JSONDecodeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if int8_cmp is not None:
         int8_cmp["source"] = os.path.relpath(args.int8, args.out.parent)
     source = ", ".join(os.path.relpath(p, args.out.parent) for p in args.json)
-    text = render(data, source, args.plot, args.out, args.gflop, int8_cmp)
+    if load is not None:
+        load["source"] = os.path.relpath(args.serve, args.out.parent)
+    text = render(data, source, args.plot, args.out, args.gflop, int8_cmp, load)
     args.out.write_text(text)
     print(f"wrote {args.out} and {args.plot}")
     return 0
