@@ -226,8 +226,8 @@ def serve_section(load: dict) -> list[str]:
         f"{load.get('image')} ({load.get('image_bytes')} bytes), model {model.get('name')} "
         f"({model.get('precision', '?')}), {load.get('server_workers')} inference worker(s); "
         f"host {host.get('cpu_model')}, {host.get('cpus')} CPUs, load average at start "
-        f"{[round(v, 2) for v in host.get('load_avg') or []]}. Idle RSS after model load {load.get('idle_rss_mb_after_load')} "
-        "MB.",
+        f"{[round(v, 2) for v in host.get('load_avg') or []]}. Idle RSS after model load "
+        f"{load.get('idle_rss_mb_after_load')} MB.",
         "",
     ]
     rows = [

@@ -95,6 +95,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             allow_defaults=args.assume_defaults,
             throughput=len(inputs) > 1,
             threshold=args.threshold,
+            min_lesion_model_px=args.min_lesion_area,
         )
     except HemosegError as e:
         _err(f"error: {e}")
@@ -430,6 +431,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="pixel probability threshold (default: the model's, chosen on validation)",
+    )
+    s.add_argument(
+        "--min-lesion-area",
+        type=float,
+        default=None,
+        metavar="MODEL_PX",
+        help="drop lesions smaller than this many model-input pixels (default: the model's, "
+        "chosen on validation; 0 keeps every lesion)",
     )
     _overlay_arg(s)
     s.add_argument("-q", "--quiet", action="store_true")

@@ -209,6 +209,29 @@ def to_original_mask(prob: np.ndarray, geometry: Geometry, threshold: float) -> 
     return mask_and_windows(prob, geometry, threshold)[0]
 
 
+def min_lesion_px(geometry: Geometry, min_model_px: float) -> int:
+    """The smallest lesion kept, in photograph pixels, for a minimum in model-input pixels:
+    one model pixel covers (box width / model width) x (box height / model height) of them."""
+    if min_model_px <= 0:
+        return 0
+    h, w = geometry.model_hw
+    x0, y0, x1, y1 = geometry.box
+    return max(1, int(np.ceil(min_model_px * (x1 - x0) / w * (y1 - y0) / h - 1e-9)))
+
+
+def drop_small_lesions(mask: WindowedMask, min_area_px: int) -> WindowedMask:
+    """The mask without its 8-connected components of fewer than ``min_area_px`` pixels."""
+    if min_area_px <= 1:
+        return mask
+    parts = []
+    for part in mask.parts:
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(part.view(np.uint8), connectivity=8)
+        small = stats[:, cv2.CC_STAT_AREA] < min_area_px
+        small[0] = False  # the background
+        parts.append(part & ~small[labels] if small.any() else part)
+    return WindowedMask(mask.shape, mask.windows, tuple(parts))
+
+
 def quadrant_of(x: float, y: float, cx: float, cy: float) -> str:
     return ("upper" if y < cy else "lower") + "_" + ("left" if x < cx else "right")
 
@@ -242,13 +265,19 @@ def find_lesions(
     return window_lesions(WindowedMask(mask.shape[:2], tuple(windows), tuple(parts)), geometry)
 
 
-def window_lesions(mask: WindowedMask, geometry: Geometry) -> list[Lesion]:
-    """``find_lesions`` of a ``WindowedMask``: each window labelled on its own."""
+def window_lesions(
+    mask: WindowedMask, geometry: Geometry, prob: np.ndarray | None = None
+) -> list[Lesion]:
+    """``find_lesions`` of a ``WindowedMask``: each window labelled on its own. With ``prob``
+    (the model map the mask was thresholded from), each lesion also gets the highest and the
+    mean back-mapped probability over its pixels."""
     cx, cy = geometry.fov_center
+    padded = padded_map(prob, geometry.model_hw) if prob is not None else None
     lesions = []
-    for (x0, y0, _, _), sub in zip(mask.windows, mask.parts, strict=True):
+    for win, sub in zip(mask.windows, mask.parts, strict=True):
+        x0, y0 = win[0], win[1]
         sub = sub.view(np.uint8) if sub.dtype == bool else sub.astype(np.uint8)
-        comps = native.components(sub)
+        comps = native.components(sub) if padded is None else None
         if comps is not None:  # exact integer sums: the same centroids
             for area, bx0, by0, bx1, by1, sx, sy in comps.tolist():
                 ux, uy = (sx + area * x0) / area, (sy + area * y0) / area
@@ -261,7 +290,10 @@ def window_lesions(mask: WindowedMask, geometry: Geometry) -> list[Lesion]:
                     )
                 )
             continue
-        n, _, stats, cents = cv2.connectedComponentsWithStats(sub, connectivity=8)
+        n, labels, stats, cents = cv2.connectedComponentsWithStats(sub, connectivity=8)
+        peak = mean = None
+        if padded is not None and n > 1:
+            peak, mean = _label_probabilities(labels, n, back_map(geometry, padded, win))
         for i in range(1, n):
             area = int(stats[i, cv2.CC_STAT_AREA])
             # OpenCV's centroid is double(sum of coordinates) / area: rebuild whole-image sums
@@ -274,9 +306,24 @@ def window_lesions(mask: WindowedMask, geometry: Geometry) -> list[Lesion]:
                     centroid=(round(ux, 1), round(uy, 1)),
                     bbox=(bx + x0, by + y0, bw, bh),
                     quadrant=quadrant_of(ux, uy, cx, cy),
+                    max_probability=None if peak is None else round(float(peak[i]), 4),
+                    mean_probability=None if mean is None else round(float(mean[i]), 4),
                 )
             )
     return sorted(lesions, key=lesion_order)
+
+
+def _label_probabilities(
+    labels: np.ndarray, n: int, probs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per label 1..n-1 of a component image: the highest and the mean of ``probs``."""
+    inside = labels > 0
+    lab, p = labels[inside], probs[inside].astype(np.float64)
+    counts = np.bincount(lab, minlength=n)
+    mean = np.bincount(lab, weights=p, minlength=n) / np.maximum(counts, 1)
+    peak = np.zeros(n, np.float64)
+    np.maximum.at(peak, lab, p)
+    return peak, mean
 
 
 # Side (model pixels) of the box the image-level score averages over: ~11 px of a 4288 px

@@ -50,6 +50,8 @@ def _lesion_dict(les: Lesion, laterality: str | None = None) -> dict:
         ),
         "distance_to_fovea_dd": les.distance_to_fovea_dd,
         "macular": les.macular,
+        "max_probability": les.max_probability,
+        "mean_probability": les.mean_probability,
     }
 
 
@@ -64,6 +66,10 @@ class Lesion:
     # of equality: two lesions are the same lesion whatever the anatomy around them
     distance_to_fovea_dd: float | None = field(default=None, compare=False)
     macular: bool | None = field(default=None, compare=False)
+    # ``postprocess.window_lesions`` with the probability map: the highest and the mean
+    # back-mapped probability over the lesion's pixels (what was thresholded); None without it
+    max_probability: float | None = field(default=None, compare=False)
+    mean_probability: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,8 @@ class SegmentationResult:
     # the model's operating point on it (``image_threshold``; None when the model has none)
     image_score: float = 0.0
     image_threshold: float | None = None
+    # lesions below this area (model-input pixels) were dropped (``ModelMetadata``)
+    min_lesion_model_px: float = 0.0
     input_sha256: str | None = None  # of the file's bytes (None for an array input)
     anatomy: Anatomy = field(default_factory=lambda: Anatomy(found=False))
     created_utc: str = field(
@@ -256,6 +264,7 @@ class SegmentationResult:
             "ungradable_reasons": self.ungradable_reasons,
             "image_size": {"height": g.original_hw[0], "width": g.original_hw[1]},
             "threshold": self.threshold,
+            "min_lesion_model_px": self.min_lesion_model_px,
             "image_score": round(self.image_score, 4) if graded else None,
             "image_threshold": self.image_threshold,
             "hemorrhage_detected": self.hemorrhage_detected,

@@ -39,7 +39,14 @@ from .model_file import (
     model_metadata,
     read_model,
 )
-from .postprocess import fov_area, image_score, threshold_windows, window_lesions
+from .postprocess import (
+    drop_small_lesions,
+    fov_area,
+    image_score,
+    min_lesion_px,
+    threshold_windows,
+    window_lesions,
+)
 from .preprocess import Preprocessed, preprocess_frame, preprocess_geometry
 from .result import SegmentationResult
 
@@ -80,9 +87,12 @@ class Segmenter:
         source: str = "model",
         threshold: float | None = None,
         model_sha256: str | None = None,
+        *,
+        min_lesion_model_px: float | None = None,
     ):
         """``threshold``: the pixel operating point, overriding the model's (its metadata
-        value, chosen on validation, is the default)."""
+        value, chosen on validation, is the default). ``min_lesion_model_px``: the smallest
+        lesion kept, in model-input pixels, overriding the model's (0 keeps every lesion)."""
         self.backend = backend
         self.metadata = metadata
         self.source = source
@@ -90,6 +100,13 @@ class Segmenter:
         if threshold is not None and not 0.0 < threshold < 1.0:
             raise HemosegError(f"threshold {threshold} outside (0, 1)")
         self.threshold = metadata.threshold if threshold is None else float(threshold)
+        if min_lesion_model_px is not None and not 0.0 <= min_lesion_model_px < 1e6:
+            raise HemosegError(f"minimum lesion area {min_lesion_model_px} is not >= 0")
+        self.min_lesion_model_px = (
+            metadata.min_lesion_model_px
+            if min_lesion_model_px is None
+            else float(min_lesion_model_px)
+        )
         spec = backend.input_spec
         if spec.shape[2:] != metadata.input_hw:
             raise ModelError(
@@ -104,6 +121,8 @@ class Segmenter:
         allow_defaults: bool = False,
         throughput: bool = False,
         threshold: float | None = None,
+        *,
+        min_lesion_model_px: float | None = None,
         **backend_options,
     ) -> Segmenter:
         """Load an ONNX model or a TensorRT engine file.
@@ -111,11 +130,16 @@ class Segmenter:
         ``path=None``: the shipped default model, in the variant that is fastest for the
         backend (``default_model``). ``throughput=True``: tune the backend for many images
         (``segment_batch``) rather than for the latency of one. ``threshold``: override the
-        model's pixel threshold.
+        model's pixel threshold; ``min_lesion_model_px``: its minimum lesion area.
         """
         if path is None:
             return cls.default_model(
-                backend, allow_defaults, throughput, threshold=threshold, **backend_options
+                backend,
+                allow_defaults,
+                throughput,
+                threshold=threshold,
+                min_lesion_model_px=min_lesion_model_px,
+                **backend_options,
             )
         path = Path(path)
         data, kind = read_model(path)
@@ -130,7 +154,9 @@ class Segmenter:
             workspace = backend_options.pop("workspace_mb", DEFAULT_WORKSPACE_MB)
             data = cached_engine(data, source, workspace, backend_options.get("device", 0))
         loaded = load_backend(backend, data, source, throughput=throughput, **backend_options)
-        return cls(loaded, metadata, source, threshold, sha256)
+        return cls(
+            loaded, metadata, source, threshold, sha256, min_lesion_model_px=min_lesion_model_px
+        )
 
     @classmethod
     def default_model(
@@ -142,6 +168,7 @@ class Segmenter:
         fp32_name: str = DEFAULT_MODEL,
         int8_name: str = INT8_MODEL,
         threshold: float | None = None,
+        min_lesion_model_px: float | None = None,
         **kw,
     ) -> Segmenter:
         """The shipped model: its INT8 Q/DQ variant where OpenVINO runs on a CPU with int8 dot
@@ -149,6 +176,7 @@ class Segmenter:
         provider runs Q/DQ INT8 slower than FP32). Parity with FP32 is asserted in the tests
         and benchmarks. ``fp32_name`` / ``int8_name``: another shipped model's pair of files
         (e.g. the previous model, v1), chosen by the same rule."""
+        kw["min_lesion_model_px"] = min_lesion_model_px
         wants_ov = backend == "openvino" or (
             backend == "auto" and auto_choice(available()) == "openvino"
         )
@@ -193,8 +221,11 @@ class Segmenter:
     ) -> SegmentationResult:
         t = time.perf_counter()
         thr = self.threshold
-        mask = threshold_windows(prob, pre.geometry, thr)
-        lesions = window_lesions(mask, pre.geometry)
+        mask = drop_small_lesions(
+            threshold_windows(prob, pre.geometry, thr),
+            min_lesion_px(pre.geometry, self.min_lesion_model_px),
+        )
+        lesions = window_lesions(mask, pre.geometry, prob)
         area = fov_area(pre.geometry)
         score = image_score(prob, pre.geometry)
         colour = "greyscale_input" not in image.notes
@@ -214,6 +245,7 @@ class Segmenter:
             mask_windows=mask,
             geometry=pre.geometry,
             threshold=thr,
+            min_lesion_model_px=self.min_lesion_model_px,
             lesions=lesions,
             fov_area_px=area,
             flags=flags,

@@ -211,8 +211,16 @@ def build(in_dir: Path, sources: list[Path]) -> list[Case]:
 
     put("zero_bytes.jpg", b"", "failed", "empty file", reason="empty")
     put("truncated.jpg", base_jpg[: len(base_jpg) // 2], "failed", "cut JPEG", reason="truncated")
-    put("truncated.png", base_png[: len(base_png) // 2], "failed", "cut PNG", reason="truncated")
-    put("truncated.dcm", good_dcm[: len(good_dcm) - 5000], "failed", "cut DICOM", reason="trunc")
+    put(
+        "truncated_png.png", base_png[: len(base_png) // 2], "failed", "cut PNG", reason="truncated"
+    )
+    put(
+        "truncated_dicom.dcm",
+        good_dcm[: len(good_dcm) - 5000],
+        "failed",
+        "cut DICOM",
+        reason="trunc",
+    )
     put("header_only.dcm", good_dcm[:300], "failed", "DICOM cut in header", reason="dicom")
     put("text_renamed.jpg", b"just some text\n" * 50, "failed", "text", reason="not a supported")
     put("png_named.jpg", base_png, "done", "PNG with .jpg name: content decides")
@@ -429,9 +437,9 @@ def _damage_cases(put, base: np.ndarray, base_jpg: bytes, good_dcm: bytes, rgb: 
     put("bits12.dcm", dicom_bytes(ds), "failed", "BitsAllocated 12", reason="DICOM")
     put("zeros.jpg", b"\xff\xd8\xff" + bytes(5000), "failed", "JPEG magic then zeros")
     put("png_header_only.png", png(base)[:40], "failed", "PNG cut after IHDR", reason="PNG")
-    put("good.bmp", cv2.imencode(".bmp", base)[1].tobytes(), "done", "BMP")
+    put("good_bmp.bmp", cv2.imencode(".bmp", base)[1].tobytes(), "done", "BMP")
     grey_jpg = cv2.imencode(".jpg", cv2.cvtColor(base, cv2.COLOR_BGR2GRAY))[1].tobytes()
-    put("grey.jpg", grey_jpg, "done", "greyscale JPEG", flags=("greyscale_input",))
+    put("grey_jpeg.jpg", grey_jpg, "done", "greyscale JPEG", flags=("greyscale_input",))
     prog = cv2.imencode(".jpg", base, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
     put("progressive.jpg", prog, "done", "progressive JPEG", status="ok")
     exif = io.BytesIO()

@@ -54,9 +54,9 @@ def test_processor_writes_seg_sr_sc_from_an_op_input(seg, op_file):
     path, src = op_file
     out = Processor(seg).work(path, "eye.dcm")
     assert out.ok, out.reason
-    names = ["eye.dcm_seg.dcm", "eye.dcm_sr.dcm", "eye.dcm_sc.dcm"]
-    assert list(out.files)[-4:] == [*names, "eye.dcm.json"]  # before the JSON, still last
-    assert "eye.dcm_mask.png" in out.files and "eye.dcm_overlay.jpg" in out.files
+    names = ["eye_seg.dcm", "eye_sr.dcm", "eye_sc.dcm"]  # named as ``segment`` names them
+    assert list(out.files)[-4:] == [*names, "eye.json"]  # before the JSON, still last
+    assert "eye_mask.png" in out.files and "eye_overlay.jpg" in out.files
     assert list(out.forward) == names
     result = seg.segment(seg.load(path))
     s, r, c = (read(out.files[n]) for n in names)
@@ -132,7 +132,7 @@ def test_plain_image_gets_dicom_only_with_identity(seg, tmp_path, sample_image):
 def test_failed_redo_removes_dicom_results(tmp_path):
     lay = Layout.create(tmp_path / "in", tmp_path / "out")
     (lay.work / "x.dcm").write_bytes(b"junk")
-    for n in ("x.dcm_seg.dcm", "x.dcm_sr.dcm", "x.dcm_sc.dcm", "x.dcm.json"):
+    for n in ("x_seg.dcm", "x_sr.dcm", "x_sc.dcm", "x.json"):
         (lay.results / n).write_bytes(b"old")
     lay.finish_failed("x.dcm", "bad")
     assert sorted(p.name for p in lay.results.iterdir()) == []

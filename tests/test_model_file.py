@@ -72,3 +72,17 @@ def test_shipped_models_are_self_contained():
     for name in ("hemoseg_mnv2_v2.onnx", "hemoseg_unet_v1.onnx"):
         data = default_model_path(name).read_bytes()
         assert onnx_metadata(data, name).version in ("v1", "v2")
+
+
+def test_minimum_lesion_area_metadata_is_optional_and_checked():
+    from hemoseg_edge.model_file.metadata import ModelMetadata
+
+    props = ModelMetadata(version="t").to_props()
+    assert ModelMetadata.from_props(props).min_lesion_model_px == 0.0
+    older = {k: v for k, v in props.items() if not k.endswith("min_lesion_model_px")}
+    assert ModelMetadata.from_props(older).min_lesion_model_px == 0.0  # a file older than it
+    props["hemoseg.min_lesion_model_px"] = "4"
+    assert ModelMetadata.from_props(props).min_lesion_model_px == 4.0
+    props["hemoseg.min_lesion_model_px"] = "-1"
+    with pytest.raises(ModelError, match="min_lesion_model_px"):
+        ModelMetadata.from_props(props)

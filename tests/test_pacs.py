@@ -125,7 +125,7 @@ def test_listener_forwards_seg_sr_sc_to_orthanc(tmp_path, tiny_model, sample_ima
         for inst in series.ReferencedSOPSequence
     }
     assert evidence == {src.SOPInstanceUID, seg.SOPInstanceUID}
-    d = json.loads((out / "results" / f"{name}.json").read_text())
+    d = json.loads((out / "results" / f"{src.SOPInstanceUID}.json").read_text())
     assert {k: v["sop_instance_uid"] for k, v in d["dicom_outputs"].items()} == {
         "seg": seg.SOPInstanceUID,
         "sr": sr.SOPInstanceUID,

@@ -265,3 +265,30 @@ def test_image_threshold_is_validated():
     props["hemoseg.image_threshold"] = "1.5"
     with pytest.raises(ModelError, match="image_threshold"):
         ModelMetadata.from_props(props)
+
+
+def test_lesion_probabilities_are_those_of_its_pixels(real_geometries):
+    """Each lesion's max/mean probability equals the straightforward computation over its
+    pixels of the whole back-mapped map; the max reaches the threshold (that made it a lesion)."""
+    from hemoseg_edge.postprocess import threshold_windows, window_lesions
+
+    thr = 0.5
+    for g in real_geometries + synthetic_geometries():
+        for name, prob in prob_maps(5).items():
+            lesions = window_lesions(threshold_windows(prob, g, thr), g, prob)
+            ref_mask = reference_mask(prob, g, thr)
+            assert lesions == reference_lesions(ref_mask, g), name  # the same lesions
+            whole = g.to_original(prob)
+            n, labels, stats, _ = cv2.connectedComponentsWithStats(
+                ref_mask.astype(np.uint8), connectivity=8
+            )
+            by_box = {}
+            for i in range(1, n):
+                x, y, w, h = (int(v) for v in stats[i, :4])
+                own = labels[y : y + h, x : x + w] == i
+                by_box[(x, y, w, h)] = whole[y : y + h, x : x + w][own]
+            for les in lesions:
+                vals = by_box[les.bbox]
+                assert les.max_probability == pytest.approx(float(vals.max()), abs=1e-4)
+                assert les.mean_probability == pytest.approx(float(vals.mean()), abs=1e-4)
+                assert les.max_probability >= thr - 1e-4

@@ -126,3 +126,23 @@ def test_threshold_override_and_identities(tiny_model, sample_image):
     assert d["schema_version"] == 2 and d["created_utc"].endswith("+00:00")
     with pytest.raises(HemosegError, match="outside"):
         Segmenter.from_engine(tiny_model, backend="onnxruntime", threshold=1.5)
+
+
+def test_minimum_lesion_area_drops_only_small_lesions(sample_image):
+    """The shipped model's minimum lesion area (metadata, chosen on validation) and its
+    override: with it, the lesions are exactly those of the plain run at or above the area in
+    photograph pixels, mask and burden agreeing; 0 keeps every lesion."""
+    from hemoseg_edge.postprocess import min_lesion_px
+
+    shipped = Segmenter.from_engine(backend="onnxruntime")
+    plain = Segmenter.from_engine(backend="onnxruntime", min_lesion_model_px=0)
+    big = Segmenter.from_engine(backend="onnxruntime", min_lesion_model_px=8)
+    assert shipped.min_lesion_model_px == shipped.metadata.min_lesion_model_px
+    a, b = plain.segment(sample_image), big.segment(sample_image)
+    px = min_lesion_px(b.geometry, 8)
+    assert px > 1 and b.to_dict()["min_lesion_model_px"] == 8
+    assert b.lesions == [les for les in a.lesions if les.area_px >= px]
+    assert len(b.lesions) < len(a.lesions)  # the sample has lesions below 8 model px
+    assert int(b.mask.sum()) == b.lesion_area_px < a.lesion_area_px
+    with pytest.raises(HemosegError, match="minimum lesion area"):
+        Segmenter.from_engine(backend="onnxruntime", min_lesion_model_px=-1)

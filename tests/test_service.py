@@ -354,8 +354,8 @@ def test_timeout_fails_the_file_and_the_service_goes_on(tmp_path, tiny_model):
     assert entries(layout.done) == ["b_fast.jpg"], entries(layout.failed)
     reason = (layout.failed / "a_slow.jpg.reason.txt").read_text()
     assert reason.startswith("timeout"), reason
-    assert json.loads((layout.results / "b_fast.jpg.json").read_text())["input"] == "b_fast.jpg"
-    assert not (layout.results / "a_slow.jpg.json").exists()
+    assert json.loads((layout.results / "b_fast.json").read_text())["input"] == "b_fast.jpg"
+    assert not (layout.results / "a_slow.json").exists()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux file leases")
@@ -494,3 +494,26 @@ def test_bad_setup_is_one_line_and_exit_2(tmp_path, tiny_model, capfd):
     err = capfd.readouterr().err
     assert "event=fatal" in err and "Traceback" not in err
     assert main(["status", str(tmp_path / "nowhere")]) == 1
+
+
+def test_results_are_named_as_segment_names_them_and_stems_stay_apart(tmp_path):
+    """``photo.jpg`` -> ``results/photo.json`` (as ``segment``); a ``photo.png`` arriving after
+    it, done or still at work, is claimed as ``photo__2.png`` so no result is overwritten."""
+    lay = Layout.create(tmp_path / "in", tmp_path / "out")
+    assert result_names("photo.jpg") == (
+        "photo_mask.png",
+        "photo_overlay.jpg",
+        "photo_report.jpg",
+        "photo.json",
+    )
+    (lay.in_dir / "photo.jpg").write_bytes(b"a")
+    assert lay.claim("photo.jpg") == "photo.jpg"
+    (lay.in_dir / "photo.png").write_bytes(b"b")
+    assert lay.claim("photo.png") == "photo__2.png"  # photo.jpg is still at work
+    lay.finish_done("photo.jpg", {"photo.json": b"{}"})
+    lay.finish_failed("photo__2.png", "bad")
+    assert (lay.results / "photo.json").exists()  # the failure removed only its own results
+    (lay.in_dir / "photo.tif").write_bytes(b"c")
+    assert (
+        lay.claim("photo.tif") == "photo__2.tif"
+    )  # photo.json is photo.jpg's; the failed one has none

@@ -1,6 +1,8 @@
 """The paper's augmentation, on the fly and seeded: rotations by 90 degrees, horizontal and
 vertical flips, Gaussian noise, gamma, and contrast/brightness jitter (the input is the green
-channel only, so "colour" jitter is an intensity jitter of that channel).
+channel only, so "colour" jitter is an intensity jitter of that channel). Optionally an exposure
+factor on the whole field of view (``exposure``, off in the paper's recipe): a photograph taken
+half as bright is the camera-side failure that degrades the shipped models most.
 
 Geometric transforms are applied identically to image and mask; photometric ones to the image
 only. Inputs and outputs are (H, W) float32 arrays in [0, 1].
@@ -24,9 +26,19 @@ def geometric(
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
-def photometric(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Gamma, contrast/brightness and Gaussian noise; result clipped to [0, 1]."""
+Exposure = tuple[float, float]
+NO_EXPOSURE: Exposure = (1.0, 1.0)
+
+
+def photometric(
+    x: np.ndarray, rng: np.random.Generator, exposure: Exposure = NO_EXPOSURE
+) -> np.ndarray:
+    """Gamma, contrast/brightness and Gaussian noise, after an exposure factor drawn
+    log-uniformly from ``exposure``; result clipped to [0, 1]."""
     fov = x > 0.02  # keep the black border black
+    if exposure != NO_EXPOSURE:
+        lo, hi = exposure
+        x = np.where(fov, x * float(np.exp(rng.uniform(np.log(lo), np.log(hi)))), x)
     gamma = float(np.exp(rng.uniform(np.log(0.7), np.log(1.4))))
     out = np.power(np.clip(x, 0.0, 1.0), gamma)
     contrast = rng.uniform(0.8, 1.2)
@@ -40,7 +52,11 @@ def photometric(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def augment(
-    x: np.ndarray, y: np.ndarray, rng: np.random.Generator, allow_transpose: bool = True
+    x: np.ndarray,
+    y: np.ndarray,
+    rng: np.random.Generator,
+    allow_transpose: bool = True,
+    exposure: Exposure = NO_EXPOSURE,
 ) -> tuple[np.ndarray, np.ndarray]:
     x, y = geometric(x, y, rng, allow_transpose)
-    return photometric(x, rng), y
+    return photometric(x, rng, exposure), y

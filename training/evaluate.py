@@ -59,6 +59,64 @@ def tune_threshold(seg: Segmenter, items, bins: int = 200, sensitivity: float = 
     }
 
 
+MIN_LESION_CANDIDATES = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # model-input pixels
+MAX_DICE_LOSS = 0.005  # pooled Dice the minimum lesion area may cost on validation
+
+
+def tune_min_lesion_area(
+    seg: Segmenter, items, candidates=MIN_LESION_CANDIDATES, max_dice_loss=MAX_DICE_LOSS
+) -> dict:
+    """The minimum lesion area (model-input pixels) with the best lesion-level F1 on ``items``
+    (validation only) among those that cost at most ``max_dice_loss`` pooled Dice; ``seg``
+    at its tuned threshold. Precision: predicted lesions touching a true one; recall: true
+    regions touched by a prediction (``lesion_level``)."""
+    from hemoseg_edge.postprocess import min_lesion_px
+
+    plain = Segmenter(seg.backend, seg.metadata, seg.source, seg.threshold, min_lesion_model_px=0)
+    rows = {c: {"counts": M.Counts(0, 0, 0, 0), "lesions": []} for c in candidates}
+    for item in items:
+        r = plain.segment(item.image)
+        truth = read_mask(item)
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(
+            r.mask.astype(np.uint8), connectivity=8
+        )
+        areas = stats[:, cv2.CC_STAT_AREA]
+        for c in candidates:
+            keep = areas >= min_lesion_px(r.geometry, c)
+            keep[0] = False
+            pred = keep[labels]
+            rows[c]["counts"] += M.confusion(pred, truth)
+            rows[c]["lesions"].append(lesion_level(pred, truth))
+    table = []
+    for c in candidates:
+        ls = rows[c]["lesions"]
+        regions, hit = sum(s["regions"] for s in ls), sum(s["hit"] for s in ls)
+        preds = sum(s["predicted"] for s in ls)
+        fp = sum(s["false_positive"] for s in ls)
+        precision = (preds - fp) / preds if preds else 0.0
+        recall = hit / regions if regions else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        table.append(
+            {
+                "min_lesion_model_px": c,
+                "dice": round(M.dice(rows[c]["counts"]), 4),
+                "lesion_precision": round(precision, 4),
+                "lesion_recall": round(recall, 4),
+                "lesion_f1": round(f1, 4),
+                "predicted_lesions": preds,
+            }
+        )
+    base = next(t["dice"] for t in table if t["min_lesion_model_px"] == min(candidates))
+    allowed = [t for t in table if t["dice"] >= base - max_dice_loss]
+    best = max(allowed, key=lambda t: (t["lesion_f1"], -t["min_lesion_model_px"]))
+    return {
+        "min_lesion_model_px": best["min_lesion_model_px"],
+        "max_dice_loss": max_dice_loss,
+        "images": len(items),
+        "candidates": table,
+    }
+
+
 def evaluate_idrid(seg: Segmenter, items, threshold: float, bins: int = 1000) -> dict:
     hist_full, hist_model = M.PrHistogram(bins), M.PrHistogram(bins)
     total, total_model = M.Counts(0, 0, 0, 0), M.Counts(0, 0, 0, 0)
@@ -122,7 +180,12 @@ def lesion_level(pred: np.ndarray, truth: np.ndarray) -> dict:
     regions, hit = regions_hit(pred, truth)
     n_pred, pred_labels = cv2.connectedComponents(pred.astype(np.uint8), connectivity=8)
     touching = len(np.unique(pred_labels[truth & (pred_labels > 0)]))
-    return {"regions": regions, "hit": hit, "false_positive": n_pred - 1 - touching}
+    return {
+        "regions": regions,
+        "hit": hit,
+        "predicted": n_pred - 1,
+        "false_positive": n_pred - 1 - touching,
+    }
 
 
 def _image_level(scores: dict, verdicts: dict) -> dict:

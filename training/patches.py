@@ -13,7 +13,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from training.augment import augment
+from training.augment import NO_EXPOSURE, augment
 
 
 def parse_schedule(text: str) -> list[tuple[int, int]]:
@@ -85,10 +85,13 @@ class PatchBatches(keras.utils.PyDataset):
     """``steps`` batches of ``batch`` augmented ``patch`` px patches per epoch, a share
     ``lesion_fraction`` of them centred on a hemorrhage (``sample_patch``)."""
 
-    def __init__(self, examples, patch, steps, batch, lesion_fraction, seed, epoch=0):
+    def __init__(
+        self, examples, patch, steps, batch, lesion_fraction, seed, epoch=0, exposure=NO_EXPOSURE
+    ):
         super().__init__()  # no workers: the batches are cheap next to a training step
         self.examples, self.patch, self.steps, self.batch = examples, patch, steps, batch
         self.lesion_fraction, self.seed, self.epoch = lesion_fraction, seed, epoch
+        self.exposure = exposure
 
     def __len__(self) -> int:
         return self.steps
@@ -101,7 +104,11 @@ class PatchBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         pairs = [
-            augment(*sample_patch(self.examples, self.patch, rng, self.lesion_fraction), rng)
+            augment(
+                *sample_patch(self.examples, self.patch, rng, self.lesion_fraction),
+                rng,
+                exposure=self.exposure,
+            )
             for _ in range(self.batch)
         ]
         return _stack(pairs)

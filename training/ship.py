@@ -6,7 +6,8 @@
 1. export the weights to ONNX (parity vs Keras asserted by ``training.export``);
 2. on the validation images at full resolution, through ``Segmenter`` (the deployed path) —
    never test images: tune the decision threshold (pooled Dice) and the image-level operating
-   point (sensitivity >= 0.95);
+   point (sensitivity >= 0.95); then the minimum lesion area (best lesion-level F1 at no more
+   than 0.005 pooled Dice, ``training.evaluate.tune_min_lesion_area``);
 3. compare validation AUPR and Dice with every shipped model's (``engines/manifest.json``);
    ship only when both are better than the best of them (``--force`` to override);
 4. write both thresholds into the model's metadata, the model and its Keras weights (weights
@@ -30,17 +31,23 @@ ENGINES = Path(__file__).resolve().parents[1] / "engines"
 
 
 def set_metadata(onnx_path: Path, **values) -> None:
-    """Rewrite ``hemoseg.<key>`` metadata values of an ONNX file in place (atomically)."""
+    """Rewrite ``hemoseg.<key>`` metadata values of an ONNX file in place (atomically); a
+    ``ModelMetadata`` field the file predates is added."""
+    import dataclasses
+
     import onnx
 
     from hemoseg_edge.files import atomic_write_bytes
-    from hemoseg_edge.model_file.metadata import PREFIX
+    from hemoseg_edge.model_file.metadata import PREFIX, ModelMetadata
 
+    known = {f.name for f in dataclasses.fields(ModelMetadata)}
     model = onnx.load(str(onnx_path))
     props = {p.key: p for p in model.metadata_props}
     for key, value in values.items():
         if PREFIX + key not in props:
-            raise KeyError(f"{onnx_path}: no metadata key {PREFIX + key}")
+            if key not in known:
+                raise KeyError(f"{onnx_path}: no metadata key {PREFIX + key}")
+            props[PREFIX + key] = model.metadata_props.add(key=PREFIX + key)
         props[PREFIX + key].value = str(value)
     atomic_write_bytes(onnx_path, model.SerializeToString())
 
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     from hemoseg_edge.model_file.shipped import read_manifest
     from hemoseg_edge.segmenter import Segmenter
     from training.data import VAL_IDS, idrid_items, load_cached
-    from training.evaluate import tune_threshold
+    from training.evaluate import tune_min_lesion_area, tune_threshold
     from training.export import architecture_input_hw, export
 
     input_hw = architecture_input_hw(args.arch)
@@ -121,7 +128,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"vs the best shipped ({', '.join(shipped)}) {old_aupr:.4f} / {old_dice:.4f}"
             )
             return 1
-        set_metadata(cand, threshold=tuned["threshold"], image_threshold=tuned["image_threshold"])
+        min_area = tune_min_lesion_area(
+            Segmenter.from_engine(cand, backend="onnxruntime", threshold=tuned["threshold"]),
+            idrid_items("val"),
+        )
+        print(f"minimum lesion area (validation): {json.dumps(min_area)}", flush=True)
+        set_metadata(
+            cand,
+            threshold=tuned["threshold"],
+            image_threshold=tuned["image_threshold"],
+            min_lesion_model_px=min_area["min_lesion_model_px"],
+        )
         dest = ENGINES / args.name
         dest.write_bytes(cand.read_bytes())
     weights_dest = dest.with_suffix(".weights.h5")
@@ -134,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
             "architecture": ARCH_NAMES[args.arch],
             "threshold": tuned["threshold"],
             "image_threshold": tuned["image_threshold"],
+            "min_lesion_model_px": min_area["min_lesion_model_px"],
             "val_dice": round(tuned["val_dice"], 4),
             "val_aupr": round(tuned["val_aupr"], 4),
             "val_image_scores": tuned["image_scores"],

@@ -65,6 +65,13 @@ def choose_precision(requested: str, on_gpu: bool) -> str:
     return "mixed_bfloat16" if has_native_bf16() else "float32"
 
 
+def _exposure(text: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in text.split(","))
+    if not 0 < lo <= hi:
+        raise argparse.ArgumentTypeError(f"exposure range {text!r}: need 0 < LOW <= HIGH")
+    return lo, hi
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m training.train", description=__doc__.split("\n")[0])
     p.add_argument("--recipe", choices=("cpu", "paper", "mnv2"), default="cpu")
@@ -90,6 +97,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of patches centred on a hemorrhage (cpu 0.6, mnv2 0.5)",
     )
     p.add_argument("--lr", type=float, default=None, help="cpu 1e-3, mnv2 5e-4")
+    p.add_argument(
+        "--exposure",
+        type=_exposure,
+        default=(1.0, 1.0),
+        help="patch recipes: 'LOW,HIGH' range of a log-uniform exposure factor on each patch "
+        "(default 1,1 = off, as the paper)",
+    )
     p.add_argument(
         "--recal-images",
         type=int,
@@ -216,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "lr": args.lr,
         "init": str(args.init) if args.init else None,
         "freeze_bn": bool(args.freeze_bn),
+        "exposure": list(args.exposure),
     }
     print(json.dumps(info), flush=True)
     (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
@@ -255,7 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             steps = steps_for(patch, args.steps, args.patch)
             data = PatchBatches(
-                train, patch, steps, args.batch, args.lesion_fraction, args.seed, epoch=first
+                train,
+                patch,
+                steps,
+                args.batch,
+                args.lesion_fraction,
+                args.seed,
+                epoch=first,
+                exposure=args.exposure,
             )
             span = f"epoch {end}" if end == first + 1 else f"epochs {first + 1}-{end}"
             print(f"{span}: {patch} px patches, {steps} steps of {args.batch}", flush=True)

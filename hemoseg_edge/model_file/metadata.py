@@ -37,6 +37,10 @@ class ModelMetadata:
     # image-level operating point on ``postprocess.image_score`` (chosen on validation);
     # NO_IMAGE_THRESHOLD: the model has none, results carry the score but no verdict
     image_threshold: float = NO_IMAGE_THRESHOLD
+    # lesions smaller than this many model-input pixels (their area in photograph pixels over
+    # one model pixel's) are dropped from mask, lesions and burden; chosen on validation.
+    # 0: every lesion kept (a model file older than the key)
+    min_lesion_model_px: float = 0.0
     architecture: str = "unet-skouta2022"
     preprocess_sha256: str = field(default_factory=spec_sha256)
     extra: dict = field(default_factory=dict)
@@ -91,6 +95,8 @@ class ModelMetadata:
             raise ModelError(f"{source}: threshold {self.threshold} outside (0, 1)")
         if self.image_threshold != NO_IMAGE_THRESHOLD and not (0.0 < self.image_threshold < 1.0):
             raise ModelError(f"{source}: image_threshold {self.image_threshold} outside (0, 1)")
+        if not 0.0 <= self.min_lesion_model_px < 1e6:
+            raise ModelError(f"{source}: min_lesion_model_px {self.min_lesion_model_px} invalid")
         if self.input_height % 16 or self.input_width % 16 or min(self.input_hw) < 16:
             raise ModelError(f"{source}: input size {self.input_hw} is not a multiple of 16")
         if self.input_height * self.input_width > MAX_INPUT_PIXELS:

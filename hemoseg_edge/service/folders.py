@@ -1,10 +1,11 @@
 """The folder layout whose renames are the service's only state.
 
 ``IN_DIR/x`` -> (rename) ``OUT_DIR/work/n`` -> results written atomically to
-``OUT_DIR/results/n_mask.png``, ``n_overlay.jpg``, ``n.json`` (JSON last) -> (rename)
-``OUT_DIR/done/n``; or ``OUT_DIR/failed/n.reason.txt`` written atomically -> (rename)
-``OUT_DIR/failed/n``. ``n`` is ``x`` unless ``done/``, ``failed/`` or ``work/`` already hold
-that name (an earlier file with the same name): then ``stem__2.ext``, ``stem__3.ext``, ...
+``OUT_DIR/results/s_mask.png``, ``s_overlay.jpg``, ``s.json`` (JSON last; ``s`` is ``n``
+without its suffix, as ``segment`` names them) -> (rename) ``OUT_DIR/done/n``; or
+``OUT_DIR/failed/n.reason.txt`` written atomically -> (rename) ``OUT_DIR/failed/n``. ``n`` is
+``x`` unless ``done/``, ``failed/`` or ``work/`` already hold that name, or its stem is another
+input's (``x.png`` after ``x.jpg``): then ``stem__2.ext``, ``stem__3.ext``, ...
 
 Every step is one ``rename`` or an atomic write, so after a crash at any instant an input is in
 exactly one of ``IN_DIR``, ``work/``, ``done/``, ``failed/``; on start, ``work/`` is processed
@@ -53,8 +54,14 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def result_stem(name: str) -> str:
+    """What an input's result files are named after: its name without the suffix, as
+    ``segment`` names them (``photo.jpg`` -> ``photo.json``)."""
+    return Path(name).stem or name
+
+
 def result_names(name: str) -> tuple[str, str, str, str]:
-    return output_names(name)
+    return output_names(result_stem(name))
 
 
 class Layout:
@@ -112,7 +119,7 @@ class Layout:
         return sorted(n for n in os.listdir(self.work) if not n.startswith("."))
 
     def _taken(self, name: str) -> bool:
-        return any(
+        if any(
             os.path.lexists(p)
             for p in (
                 self.done / name,
@@ -120,7 +127,13 @@ class Layout:
                 self.work / name,
                 self.failed / f"{name}.reason.txt",
             )
-        )
+        ):
+            return True
+        # another input's results under the same stem: a done one (its JSON) or one at work
+        stem = result_stem(name)
+        if os.path.lexists(self.results / result_names(name)[-1]):
+            return True
+        return any(result_stem(n) == stem for n in self.pending_work())
 
     def free_name(self, name: str) -> str:
         """``name``, or ``stem__k.ext`` with the smallest free ``k >= 2``."""
@@ -165,7 +178,8 @@ class Layout:
 
     def finish_failed(self, name: str, reason: str) -> None:
         """Remove results of a crashed earlier attempt, write the reason, move to ``failed/``."""
-        for fname in (*result_names(name), *dicom_output_names(name).values()):
+        stem = result_stem(name)
+        for fname in (*result_names(name), *dicom_output_names(stem).values()):
             try:
                 os.unlink(self.results / fname)
             except FileNotFoundError:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import HemosegError
 from ..outputs import DicomOutputUnavailable, render_dicom_outputs, render_outputs
+from .folders import result_stem
 from .log import log
 
 
@@ -146,10 +147,11 @@ class Processor:
             extra: dict = {"input": name, "source": name}
             if loaded.metadata:
                 extra["dicom"] = dict(loaded.metadata)
-            files = render_outputs(result, path, name, self.overlay_max_side, extra)
+            stem = result_stem(name)  # photo.jpg -> photo.json, as ``segment`` names it
+            files = render_outputs(result, path, stem, self.overlay_max_side, extra)
             dicom: dict[str, bytes] = {}
             if self.dicom_outputs and loaded.format == "dicom":
-                files, dicom = self._with_dicom(result, path, name, files)
+                files, dicom = self._with_dicom(result, path, stem, files)
             ms = 1000 * (time.perf_counter() - t0)
             return Outcome(ok=True, files=files, forward=dicom, flags=list(result.flags), ms=ms)
         except HemosegError as e:
@@ -163,19 +165,19 @@ class Processor:
         return Outcome(ok=False, reason=reason, error_type=kind, ms=ms)
 
     def _with_dicom(
-        self, result, path: Path, name: str, files: dict[str, bytes]
+        self, result, path: Path, stem: str, files: dict[str, bytes]
     ) -> tuple[dict[str, bytes], dict[str, bytes]]:
         """Add the SEG, SR and SC (before the JSON, which stays last and lists them). A DICOM
         output that cannot be built is noted in the JSON and logged; the result still counts."""
-        json_name = next(n for n in files if n == f"{name}.json")
-        overlay_name = next(n for n in files if n == f"{name}_overlay.jpg")
+        json_name = next(n for n in files if n == f"{stem}.json")
+        overlay_name = next(n for n in files if n == f"{stem}_overlay.jpg")
         overlay = np.frombuffer(files[overlay_name], np.uint8)
         overlay_bgr = cv2.imdecode(overlay, cv2.IMREAD_COLOR)
         assert overlay_bgr is not None  # we encoded it a moment ago
         d = json.loads(files[json_name])
         dicom: dict[str, bytes] = {}
         try:
-            dicom = render_dicom_outputs(result, path, name, overlay_bgr)
+            dicom = render_dicom_outputs(result, path, stem, overlay_bgr)
         except DicomOutputUnavailable as e:
             if not self._dicom_unavailable_logged:
                 log("dicom_output_unavailable", "warning", msg=e)
@@ -183,7 +185,7 @@ class Processor:
             d["dicom_output_error"] = str(e)
         except Exception as e:  # noqa: BLE001 - e.g. a source header highdicom cannot use
             reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-            log("dicom_output_error", "warning", file=name, reason=reason)
+            log("dicom_output_error", "warning", file=path.name, reason=reason)
             d["dicom_output_error"] = reason
         if dicom:
             import pydicom
