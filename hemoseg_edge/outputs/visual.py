@@ -106,7 +106,8 @@ def _anatomy_line(result: SegmentationResult) -> str:
     eye = f"{a.laterality} eye (from {a.laterality_source})" if a.laterality else "eye unknown"
     macular = sum(1 for les in result.lesions if les.macular)
     fov = (
-        f"; {macular} lesions within 1 disc diameter of the fovea estimate"
+        f"; {macular} lesion{'' if macular == 1 else 's'} within 1 disc diameter of the fovea "
+        "estimate"
         if a.fovea is not None and result.gradable
         else "; no fovea estimate"
     )
