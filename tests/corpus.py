@@ -22,6 +22,7 @@ SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 JPEG2000 = "1.2.840.10008.1.2.4.91"
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_LS = "1.2.840.10008.1.2.4.80"
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
@@ -275,6 +276,32 @@ def build(in_dir: Path, sources: list[Path]) -> list[Case]:
         "failed",
         "JPEG-LS: no decoder installed",
         reason="JPEG-LS",
+    )
+    base_jpg_frame = encapsulate([cv2.imencode(".jpg", base)[1].tobytes()])
+    jpeg_dcm = make_dicom(None, "YBR_FULL_422", transfer_syntax=JPEG_BASELINE, raw=base_jpg_frame)
+    jpeg_dcm.Rows, jpeg_dcm.Columns = base.shape[:2]
+    put("op_jpeg.dcm", dicom_bytes(jpeg_dcm), "done", "JPEG baseline OP", dicom=True)
+    # a frame whose own header declares 8000 x 8000 (64 Mpx, a 3 KB JPEG) under a 600 x 800
+    # header: refused from the codestream's SOF before any decoder allocates for it
+    blank = cv2.imencode(".jpg", np.zeros((8000, 8000), np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 5])
+    bomb = make_dicom(
+        None, "YBR_FULL_422", transfer_syntax=JPEG_BASELINE, raw=encapsulate([blank[1].tobytes()])
+    )
+    put(
+        "jpeg_frame_bomb.dcm",
+        dicom_bytes(bomb),
+        "failed",
+        "JPEG frame far larger than Rows x Columns",
+        reason="refused before decoding",
+    )
+    siz = struct.pack(">HHIIIIIIIIH", 41, 0, 40000, 40000, 0, 0, 40000, 40000, 0, 0, 3)
+    j2k = b"\xff\x4f\xff\x51" + siz + b"\x07\x01\x01" * 3 + b"\x00" * 64
+    put(
+        "j2k_frame_bomb.dcm",
+        dicom_bytes(make_dicom(None, transfer_syntax=JPEG2000, raw=encapsulate([j2k]))),
+        "failed",
+        "JPEG 2000 codestream claiming 40000 x 40000",
+        reason="refused before decoding",
     )
     huge = make_dicom(rgb[:70, :70])
     huge.Rows, huge.Columns = 60000, 60000  # claims 3.6 Gpx, holds 15 KB

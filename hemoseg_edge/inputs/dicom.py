@@ -17,6 +17,9 @@ import numpy as np
 
 from ..errors import InputImageError, install_hint
 from .base import MIN_SIDE, LoadedImage
+from .codestream import frame_size
+
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 
 METADATA_KEYWORDS = (
     "PatientID",
@@ -79,6 +82,12 @@ def _pixels(pydicom, ds, name: str, photometric: str) -> np.ndarray:
                 f"{name}: truncated DICOM pixel data ({len(ds.PixelData)} of"
                 f" {per_frame * frames} bytes)"
             )
+    elif str(ts) != RLE_LOSSLESS:  # RLE decodes to Rows x Columns; the others carry a size
+        _check_codestream(ds, name, ts_text)
+    frames = int(ds.get("NumberOfFrames") or 1)
+    one_frame = frames > 1 and hasattr(ds, "pixel_array_options")  # pydicom >= 3
+    if one_frame:
+        ds.pixel_array_options(index=0)  # decode the frame used, not all of them
     try:
         arr = ds.pixel_array
     except Exception as e:  # noqa: BLE001 - decoder plugins raise anything
@@ -96,7 +105,38 @@ def _pixels(pydicom, ds, name: str, photometric: str) -> np.ndarray:
 
         if not compressed:
             arr = convert_color_space(arr, photometric, "RGB")
-    return np.asarray(arr)
+    arr = np.asarray(arr)
+    return arr[None] if one_frame else arr
+
+
+def _first_frame(ds, frames: int) -> bytes:
+    try:
+        from pydicom.encaps import generate_frames  # pydicom >= 3
+
+        return next(generate_frames(ds.PixelData, number_of_frames=frames))
+    except ImportError:
+        from pydicom.encaps import generate_pixel_data_frame  # pydicom 2.x
+
+        return next(generate_pixel_data_frame(ds.PixelData, frames))
+
+
+def _check_codestream(ds, name: str, ts_text: str) -> None:
+    """The first frame's own header must declare the size the DICOM header does: a decoder
+    allocates for the codestream's size, which nothing else has checked (``codestream``)."""
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    try:
+        size = frame_size(_first_frame(ds, int(ds.get("NumberOfFrames") or 1)))
+    except Exception:  # noqa: BLE001 - a malformed encapsulation raises anything
+        size = None
+    if size is None:
+        raise InputImageError(
+            f"{name}: compressed DICOM frame without a readable image header ({ts_text})"
+        )
+    if size != (rows, cols):
+        raise InputImageError(
+            f"{name}: compressed frame is {size[1]}x{size[0]} but the header says {cols}x{rows}"
+            f" ({ts_text}; refused before decoding)"
+        )
 
 
 def _to_uint8(arr: np.ndarray, bits_stored: int, notes: list[str]) -> np.ndarray:
@@ -173,8 +213,7 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> LoadedImage:
         raise InputImageError(f"{name}: unsupported DICOM BitsAllocated {bits} (need 8 or 16)")
     arr = _pixels(pydicom, ds, name, photometric)
     notes: list[str] = []
-    frames = int(ds.get("NumberOfFrames") or 1)
-    if frames > 1:
+    if int(ds.get("NumberOfFrames") or 1) > 1:
         arr = arr[0]
         notes.append("first_frame_only")
     arr = _to_uint8(arr, int(ds.get("BitsStored") or bits), notes)
