@@ -37,6 +37,7 @@ from .errors import (
     EXIT_STUCK,
     EXIT_USAGE,
     HemosegError,
+    InferenceMemoryError,
     ModelError,
     install_hint,
 )
@@ -137,10 +138,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
         write,
         prepare=lambda path: _stem_for(path, used),
     )
-    stalled = False
+    stalled = out_of_memory = False
     for path, res, written in jobs:
         if isinstance(res, HemosegError):
             stalled = stalled or isinstance(res, StalledInferenceError)
+            out_of_memory = out_of_memory or isinstance(res, InferenceMemoryError)
             failed += 1
             row = failed_row(path, str(res))
             _err(f"error: {res}")
@@ -182,6 +184,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(EXIT_STUCK)
+    if out_of_memory:  # the model cannot run here as configured: a model-side failure
+        _err("error: inference ran out of memory on some images (see report.csv)")
+        return EXIT_MODEL
     if failed:
         return EXIT_INPUT
     return EXIT_FLAGGED if flagged else EXIT_OK

@@ -43,6 +43,21 @@ class UsageError(HemosegError):
     exit_code = EXIT_USAGE
 
 
+class InferenceMemoryError(ModelError):
+    """The runtime could not allocate memory while running the model (exit 3: the model
+    cannot run on this machine as configured; the image itself may be fine)."""
+
+
+_ALLOCATION_WORDS = ("bad_alloc", "failed to allocate", "out of memory", "cannot allocate")
+
+
+def is_allocation_failure(e: BaseException) -> bool:
+    """A runtime's way of saying it ran out of memory (ONNX Runtime: "Failed to allocate
+    memory"; OpenVINO: std::bad_alloc; Python: MemoryError)."""
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or any(w in text for w in _ALLOCATION_WORDS)
+
+
 class BackendUnavailableError(ModelError):
     """The requested inference backend is not installed on this machine."""
 

@@ -29,7 +29,7 @@ import numpy as np
 from . import anatomy, quality
 from .backends import Backend, BackendName, auto_choice, available, load_backend
 from .cpu import INT8_FLAGS, cpu_flags
-from .errors import EXIT_STUCK, HemosegError, ModelError
+from .errors import EXIT_STUCK, HemosegError, InferenceMemoryError, ModelError
 from .inputs import LoadedImage, load_image
 from .model_file import (
     DEFAULT_MODEL,
@@ -332,6 +332,8 @@ class Segmenter:
                         why = "not processed: the batch stopped after a stalled inference"
                         yield rest, StalledInferenceError(f"{_name(rest)}: {why}")
                     return
+                except InferenceMemoryError as e:  # the image may be fine; the runtime is not
+                    result = InferenceMemoryError(f"{_name(item)}: {e}")
                 except HemosegError as e:
                     result = e
                 except MemoryError:

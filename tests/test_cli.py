@@ -270,3 +270,51 @@ def test_mask_png_from_windows_equals_full_mask():
     wm = WindowedMask((h, w), windows, parts)
     assert encode_png_mask(wm) == encode_png_mask(wm.full())
     assert encode_png_mask(WindowedMask((h, w))) == encode_png_mask(np.zeros((h, w), bool))
+
+
+def test_runtime_out_of_memory_is_a_failed_image_and_exit_3(
+    tiny_model, sample_image, tmp_path, monkeypatch, capsys
+):
+    """An allocation failure inside the runtime (ONNX Runtime's words, raised on the second
+    image) fails that image with a one-line reason, the batch goes on, and the exit code is 3
+    (the model cannot run here as configured), not 70."""
+    import onnxruntime
+
+    from hemoseg_edge.cli import main
+
+    real, calls = onnxruntime.InferenceSession.run, []
+
+    def run(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError(
+                "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned "
+                "while running Conv node. Failed to allocate memory for requested buffer of "
+                "size 1179648000"
+            )
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime.InferenceSession, "run", run)
+    images = [tmp_path / f"{i}.jpg" for i in range(3)]
+    for p in images:
+        p.write_bytes(sample_image.read_bytes())
+    code = main(
+        [
+            "segment",
+            *map(str, images),
+            "--out",
+            str(tmp_path / "out"),
+            "--model",
+            str(tiny_model),
+            "--backend",
+            "onnxruntime",
+            "--prefetch",
+            "1",
+            "-q",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "could not allocate memory during inference" in err and "Traceback" not in err
+    rows = list(csv.DictReader(open(tmp_path / "out" / "report.csv")))
+    assert [r["status"] for r in rows].count("failed") == 1 and len(rows) == 3

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import InferenceMemoryError, is_allocation_failure
+
 # (x0, y0, x1, y1) in frame pixels, x1/y1 exclusive (``preprocess.Fov.box``)
 Box = tuple[float, float, float, float]
 
@@ -60,3 +62,12 @@ class Backend(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release runtime resources (device buffers, sessions)."""
+
+
+def raise_if_allocation_failure(e: Exception, backend: str) -> None:
+    """Turn a runtime's out-of-memory error during inference into ``InferenceMemoryError``."""
+    if is_allocation_failure(e):
+        text = " ".join(str(e).split())[:160]
+        raise InferenceMemoryError(
+            f"{backend} could not allocate memory during inference ({text})"
+        ) from None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import BackendUnavailableError, ModelError
-from .base import Backend, InputSpec
+from .base import Backend, InputSpec, raise_if_allocation_failure
 
 _GPU_EPS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
@@ -68,4 +68,8 @@ class OnnxRuntimeBackend(Backend):
         n = self._spec.shape[0]
         if n > 0 and batch.shape[0] != n:  # static batch: run image by image
             return np.concatenate([self.run(batch[i : i + 1]) for i in range(batch.shape[0])])
-        return self._session.run([self._out], {self._spec.name: batch})[0]
+        try:
+            return self._session.run([self._out], {self._spec.name: batch})[0]
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise_if_allocation_failure(e, self.name)
+            raise

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..cpu import BF16_FLAGS, cpu_flags
 from ..errors import BackendUnavailableError, ModelError, install_hint
-from .base import Backend, InputSpec
+from .base import Backend, InputSpec, raise_if_allocation_failure
 
 _ALIASES = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
 
@@ -185,6 +185,9 @@ class OpenVinoBackend(Backend):
         try:
             request.infer({0: batch}, share_inputs=True)
             return request.get_output_tensor(0).data.copy()
+        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError and its own
+            raise_if_allocation_failure(e, self.name)
+            raise
         finally:
             self._requests.put(request)
 
