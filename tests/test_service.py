@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -395,6 +396,31 @@ def test_open_for_writing_is_unknown_not_false_on_a_file_of_another_user(tmp_pat
 
 
 # --- DICOM -------------------------------------------------------------------------------------
+def store_without_instance_uid(assoc, sop_class: str) -> int | None:
+    """Send a C-STORE request with no Affected SOP Instance UID (pynetdicom's ``send_c_store``
+    refuses to build one, so the primitive goes out as ``send_c_store`` sends it); the
+    response status, or None if none came within the association's DIMSE timeout."""
+    from pydicom.dataset import Dataset
+    from pynetdicom.dimse_primitives import C_STORE
+    from pynetdicom.dsutils import encode
+
+    ds = Dataset()
+    ds.SOPClassUID, ds.PatientID = sop_class, "NO-UID"
+    req = C_STORE()
+    req.MessageID, req.AffectedSOPClassUID, req.Priority = 7, sop_class, 2
+    req.DataSet = io.BytesIO(encode(ds, False, True))
+    cx = assoc._get_valid_context(sop_class, "", "scu")
+    assoc._reactor_checkpoint.clear()  # as send_c_store: the reactor leaves the reply to us
+    while not assoc._is_paused:
+        time.sleep(0.001)
+    try:
+        assoc.dimse.send_msg(req, cx.context_id)
+        _, rsp = assoc.dimse.get_msg(block=True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return None if rsp is None else int(rsp.Status)
+
+
 def test_dicom_listener_stores_and_processes_over_loopback(tmp_path, tiny_model, sample_image):
     pytest.importorskip("pynetdicom")
     from pynetdicom import AE
@@ -417,6 +443,7 @@ def test_dicom_listener_stores_and_processes_over_loopback(tmp_path, tiny_model,
     ct = corpus.make_dicom(np.zeros((64, 64), np.uint16), "MONOCHROME2", corpus.CT_IMAGE)
 
     scu = AE(ae_title="CAMERA1")
+    scu.dimse_timeout = 10  # a reply that does not come ends the wait (pynetdicom: 30 s)
     scu.add_requested_context(corpus.OP_8BIT, corpus.EXPLICIT_LE)
     scu.add_requested_context(corpus.CT_IMAGE, corpus.EXPLICIT_LE)
     scu.add_requested_context("1.2.840.10008.1.1")
@@ -424,6 +451,9 @@ def test_dicom_listener_stores_and_processes_over_loopback(tmp_path, tiny_model,
     assert assoc.is_established
     try:
         assert assoc.send_c_echo().Status == 0
+        t0 = time.monotonic()
+        assert store_without_instance_uid(assoc, corpus.OP_8BIT) == 0xC000  # answered, at once
+        assert time.monotonic() - t0 < 5  # pynetdicom alone: no answer, the sender waits 30 s
         assert assoc.send_c_store(ds).Status == 0x0000
         refused = {str(cx.abstract_syntax) for cx in assoc.rejected_contexts}
         assert corpus.CT_IMAGE in refused  # refused at negotiation
@@ -445,6 +475,7 @@ def test_dicom_listener_stores_and_processes_over_loopback(tmp_path, tiny_model,
     text = svc.text()
     assert_clean_log(text)
     assert "event=association_rejected" in text
+    assert "event=store_refused" in text
     d = check_results(out, name)
     assert d["dicom"]["PatientID"] == "CAM-42"
     assert d["dicom"]["SOPInstanceUID"] == str(ds.SOPInstanceUID)

@@ -43,7 +43,7 @@ COMPRESSED = (
     "1.2.840.10008.1.2.5",  # RLE Lossless
 )
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
-SUCCESS, OUT_OF_RESOURCES = 0x0000, 0xA700
+SUCCESS, OUT_OF_RESOURCES, CANNOT_UNDERSTAND = 0x0000, 0xA700, 0xC000
 
 
 MAX_ASSOCIATIONS = 32
@@ -75,10 +75,14 @@ def file_name(sop_instance_uid: object) -> str:
 def start_listener(args: ListenerConfig, layout: Layout, status: Status) -> Callable[[], None]:
     """Start the SCP in background threads; returns the function that stops it."""
     try:
-        from pynetdicom import AE, evt
+        from pynetdicom import AE, _config, evt
+        from pynetdicom.dimse_primitives import C_STORE
     except ImportError:
         msg = f"dicom-listen needs pynetdicom: {install_hint('service')}"
         raise OSError(msg) from None
+    # pynetdicom's own logging handlers raise on a C-STORE request without an Affected SOP
+    # Instance UID, which stops the handlers after them (on_dimse_recv); we log for ourselves
+    _config.LOG_HANDLER_LEVEL = "none"
     partial = layout.in_dir / ".partial"
     partial.mkdir(exist_ok=True)
     for old in os.listdir(partial):  # a crash mid-receive: the sender got no success, resends
@@ -117,6 +121,28 @@ def start_listener(args: ListenerConfig, layout: Layout, status: Status) -> Call
         log("received", file=name, calling_ae=event.assoc.requestor.ae_title, bytes=len(data))
         return SUCCESS
 
+    def on_dimse_recv(event) -> None:
+        """pynetdicom ignores a C-STORE request without an Affected SOP Instance UID (an
+        invalid request) and sends nothing, so the sender waits out its DIMSE timeout; answer
+        it at once with a failure status instead."""
+        msg = event.message
+        if type(msg).__name__ != "C_STORE_RQ":
+            return
+        cs = msg.command_set
+        if str(cs.get("AffectedSOPInstanceUID", "") or "").strip():
+            return
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = cs.get("MessageID")
+        rsp.AffectedSOPClassUID = cs.get("AffectedSOPClassUID") or None
+        rsp.Status = CANNOT_UNDERSTAND
+        event.assoc.dimse.send_msg(rsp, msg.context_id)
+        log(
+            "store_refused",
+            "warning",
+            calling_ae=event.assoc.requestor.ae_title,
+            reason="C-STORE request without an Affected SOP Instance UID",
+        )
+
     def on_accepted(event) -> None:
         assoc = event.assoc
         refused = sorted({str(cx.abstract_syntax) for cx in assoc.rejected_contexts})
@@ -138,6 +164,7 @@ def start_listener(args: ListenerConfig, layout: Layout, status: Status) -> Call
 
     handlers: list = [
         (evt.EVT_C_STORE, on_store),
+        (evt.EVT_DIMSE_RECV, on_dimse_recv),
         (evt.EVT_ACCEPTED, on_accepted),
         (evt.EVT_REJECTED, on_rejected),
     ]
