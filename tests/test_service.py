@@ -548,3 +548,59 @@ def test_results_are_named_as_segment_names_them_and_stems_stay_apart(tmp_path):
     assert (
         lay.claim("photo.tif") == "photo__2.tif"
     )  # photo.json is photo.jpg's; the failed one has none
+
+
+def test_dicom_receiver_survives_probes_and_idle_connections(tmp_path, tiny_model):
+    """Ten TCP connects closed at once (a health probe) and 40 idle open connections do not
+    block a camera: with pynetdicom's defaults (10 associations, 30 s timeouts) they held every
+    slot for about 30 s. Idle peers are dropped after the network timeout."""
+    pytest.importorskip("pynetdicom")
+    import socket
+
+    from pynetdicom import AE
+
+    from hemoseg_edge.service.dicom import MAX_ASSOCIATIONS, NETWORK_TIMEOUT_S
+
+    out = tmp_path / "out"
+    svc = ServiceProc(
+        tmp_path, ["dicom-listen", "--port", "0", *service_args(None, out, tiny_model)]
+    )
+    port = int(svc.wait_for(r"event=listening .*port=(\d+)").group(1))
+    scu = AE(ae_title="CAMERA1")
+    scu.add_requested_context("1.2.840.10008.1.1")
+
+    def echo_ok() -> bool:
+        assoc = scu.associate("127.0.0.1", port, ae_title="HEMOSEG")
+        try:
+            return assoc.is_established and assoc.send_c_echo().Status == 0
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    for _ in range(10):  # connect and close at once
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    t0 = time.monotonic()
+    assert echo_ok()
+    assert time.monotonic() - t0 < 3
+    idle = [
+        socket.create_connection(("127.0.0.1", port), timeout=5)
+        for _ in range(MAX_ASSOCIATIONS + 8)
+    ]
+    try:
+        time.sleep(NETWORK_TIMEOUT_S + 3)
+        for s in idle:  # each idle peer was dropped: reads end in EOF or a reset, no timeout
+            s.settimeout(5)
+            try:
+                while s.recv(4096):
+                    pass  # e.g. an A-ABORT PDU before the close
+            except ConnectionResetError:
+                pass
+        t0 = time.monotonic()
+        assert echo_ok()
+        assert time.monotonic() - t0 < 3
+    finally:
+        for s in idle:
+            s.close()
+    assert svc.proc.poll() is None
+    assert svc.stop() == 0
+    assert_clean_log(svc.text())
