@@ -19,7 +19,12 @@ from pathlib import Path
 
 from hemoseg_edge.cpu import BF16_FLAGS
 from hemoseg_edge.cpu import cpu_flags as read_cpu_flags
-from hemoseg_edge.model_file.shipped import DEFAULT_MODEL, FP16_MODEL, INT8_MODEL
+from hemoseg_edge.model_file.shipped import (
+    DEFAULT_MODEL,
+    FP16_MODEL,
+    INT8_MODEL,
+    OPENVINO_RUNS_INT8,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = os.environ.get("HEMOSEG_BENCH_QUICK", "").lower() in ("1", "true", "yes", "on")
@@ -197,7 +202,7 @@ def default_segmenter(
     models: ModelSet,
     throughput: bool,
     fp32_name: str = DEFAULT_MODEL,
-    int8_name: str = INT8_MODEL,
+    int8_name: str | None = INT8_MODEL if OPENVINO_RUNS_INT8 else None,
     **backend_options,
 ):
     """What ``hemoseg-edge segment`` loads without ``--model``: the shipped model in the

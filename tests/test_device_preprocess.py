@@ -26,7 +26,7 @@ from hemoseg_edge.inputs import load_image
 from hemoseg_edge.model_file.metadata import ModelMetadata
 from hemoseg_edge.segmenter import Segmenter
 
-SHIPPED = REPO / "engines" / "hemoseg_mnv2_v2.onnx"
+SHIPPED = REPO / "engines" / "hemoseg_mnv2_v3.onnx"
 EXAMPLE = REPO / "examples" / "IDRiD_55.jpg"
 
 

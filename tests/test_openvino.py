@@ -13,7 +13,7 @@ from hemoseg_edge.backends import auto_choice, load_backend
 from hemoseg_edge.backends.onnxruntime import OnnxRuntimeBackend
 from hemoseg_edge.errors import ModelError
 from hemoseg_edge.model_file.metadata import ModelMetadata
-from hemoseg_edge.model_file.shipped import DEFAULT_MODEL, INT8_MODEL
+from hemoseg_edge.model_file.shipped import DEFAULT_MODEL, INT8_MODEL, OPENVINO_RUNS_INT8
 from hemoseg_edge.segmenter import Segmenter
 
 ov = pytest.importorskip("openvino")
@@ -220,8 +220,8 @@ def test_segment_batch_with_streams_equals_segment(tiny_model, sample_image, tmp
 @pytest.mark.parametrize(
     ("backend", "flags", "want"),
     [
-        ("auto", {"avx2", "amx_int8"}, INT8_MODEL if X86 else None),
-        ("openvino", {"avx512_vnni"}, INT8_MODEL),
+        ("auto", {"avx2", "amx_int8"}, INT8_MODEL if X86 and OPENVINO_RUNS_INT8 else None),
+        ("openvino", {"avx512_vnni"}, INT8_MODEL if OPENVINO_RUNS_INT8 else None),
         ("auto", {"avx2", "fma"}, DEFAULT_MODEL),  # no int8 dot products
         ("onnxruntime", {"amx_int8"}, DEFAULT_MODEL),  # ORT runs Q/DQ slower
     ],
@@ -274,9 +274,18 @@ def test_run_after_close_raises_instead_of_waiting(tmp_path):
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_shipped_openvino_int8_keeps_dice():
-    """The default CPU path's INT8 model on OpenVINO vs the FP32 model on ONNX Runtime: pooled
-    Dice on 3 IDRiD test images within the INT8 tolerance (all 27: ``make bench``, parity)."""
+@pytest.mark.parametrize(
+    ("fp32", "variant"),
+    [
+        # what the default CPU path runs on OpenVINO (v3: its FP32 file, OPENVINO_RUNS_INT8;
+        # the INT8 files on OpenVINO are host-dependent: on a 2-core AMD EPYC (AVX512-VNNI, no
+        # AMX) v2's lost 0.028 Dice on these 3 images, v3's 0.066 on validation)
+        (DEFAULT_MODEL, None),
+    ],
+)
+def test_shipped_openvino_path_keeps_dice(fp32, variant):
+    """A shipped model as OpenVINO runs it vs its FP32 file on ONNX Runtime: pooled Dice on 3
+    IDRiD test images within the INT8 tolerance (all 27: ``make bench``, parity)."""
     from conftest import data_root, idrid_images, require_data
     from PIL import Image
 
@@ -288,9 +297,14 @@ def test_shipped_openvino_int8_keeps_dice():
     images = idrid_images("test")[:3]
     if len(images) < 3 or not masks.is_dir():
         pytest.skip("IDRiD test images and HE masks not in the shared data")
+    ov = (
+        Segmenter.default_model("openvino")
+        if variant is None
+        else Segmenter.from_engine(default_model_path(variant), backend="openvino")
+    )
     runs = {
-        "fp32": Segmenter.from_engine(default_model_path(), backend="onnxruntime"),
-        "int8": Segmenter.from_engine(default_model_path(INT8_MODEL), backend="openvino"),
+        "fp32": Segmenter.from_engine(default_model_path(fp32), backend="onnxruntime"),
+        "openvino": ov,
     }
     scores = {}
     for name, seg in runs.items():
@@ -300,7 +314,7 @@ def test_shipped_openvino_int8_keeps_dice():
             total = total + confusion(res.mask, truth if truth.ndim == 2 else truth.any(axis=2))
         scores[name] = dice(total)
     assert scores["fp32"] > 0.3, scores  # the model finds hemorrhages at all
-    assert abs(scores["int8"] - scores["fp32"]) <= 0.01, scores
+    assert abs(scores["openvino"] - scores["fp32"]) <= 0.01, scores
 
 
 FIRST_INFERENCE_RACE = """

@@ -249,7 +249,10 @@ def _check_crash_state(in_dir: Path, out: Path, dropped: set[str]) -> None:
 @pytest.mark.data
 @pytest.mark.slow
 def test_kill9_at_random_moments_loses_and_duplicates_nothing(tmp_path, tiny_model):
+    """``HEMOSEG_KILL9_MODEL=engines/<model>.onnx``: the same trials with a real model (on
+    ONNX Runtime), so a kill lands inside real inference and real output writing."""
     require_data()
+    tiny_model = Path(os.environ.get("HEMOSEG_KILL9_MODEL") or tiny_model)
     pool = [corpus.jpeg(corpus.small_copy(p)) for p in idrid_images()[:4]]
     in_dir, out = tmp_path / "in", tmp_path / "out"
     in_dir.mkdir()

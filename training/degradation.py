@@ -1,7 +1,7 @@
 """How the shipped model's accuracy falls with image resolution, blur and darkness: the evidence
 behind the gradability rules (``hemoseg_edge.quality``).
 
-``python -m training.degradation --out engines/degradation_v2.json``
+``python -m training.degradation --out engines/degradation_v3.json`` (the default model's)
 
 On the validation images only (never the test set): each photograph is downscaled so that its
 field of view is D pixels across, blurred with a Gaussian of sigma S (in model-input pixels of
