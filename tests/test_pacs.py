@@ -108,8 +108,7 @@ def test_listener_forwards_seg_sr_sc_to_orthanc(tmp_path, tiny_model, sample_ima
     algorithm = segment.SegmentationAlgorithmIdentificationSequence[0]
     assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("tiny.onnx", "test-tiny")
     # the frames decoded back equal the full-resolution mask written beside the JSON
-    name = f"{src.SOPInstanceUID}.dcm"
-    mask = imread(out / "results" / f"{name}_mask.png") > 0
+    mask = imread(out / "results" / f"{src.SOPInstanceUID}_mask.png") > 0  # named as segment
     assert mask.shape == (src.Rows, src.Columns)
     assert np.array_equal(seg.pixel_array.astype(bool), mask)
     import highdicom as hd
