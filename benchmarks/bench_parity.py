@@ -22,6 +22,7 @@ from PIL import Image
 
 from hemoseg_edge.errors import BackendUnavailableError, HemosegError
 from hemoseg_edge.metrics import Counts, confusion, dice, iou
+from hemoseg_edge.model_file.shipped import OPENVINO_RUNS_INT8
 from hemoseg_edge.segmenter import Segmenter
 
 # |pooled Dice (and IoU) - FP32 ONNX Runtime's| may not exceed these
@@ -143,5 +144,10 @@ def record(benchmark, result, reference, images, backend, precision, model, vid)
         agreement_dice=round(dice(agree), 5),
         tolerance=tol,
     )
+    if backend == "openvino" and precision == "int8" and not OPENVINO_RUNS_INT8:
+        # measured and reported, not asserted: the default path does not run INT8 on OpenVINO
+        # (its int8 kernels lost 0.066 validation Dice on an AMD host; model_file.shipped)
+        benchmark.extra_info["parity"] = "not asserted: off the default path"
+        return
     assert abs(d - d_ref) <= tol, f"pooled Dice {d:.4f} vs FP32 ORT {d_ref:.4f} (tol {tol})"
     assert abs(i - i_ref) <= tol, f"pooled IoU {i:.4f} vs FP32 ORT {i_ref:.4f} (tol {tol})"

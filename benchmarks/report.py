@@ -296,7 +296,7 @@ def parity_section(benches: list[dict]) -> list[str]:
                 f"{ei['delta_iou']:+.4f}",
                 f"{ei['agreement_dice']:.4f}",
                 ei["tolerance"],
-                "pass" if ok else "FAIL",
+                ei.get("parity") or ("pass" if ok else "FAIL"),
             ]
         )
     if not rows:
