@@ -118,6 +118,9 @@ def bench_parity_default_cpu_path(benchmark, models, cases, reference):
     seg = default_segmenter(models, throughput=True)
     result = benchmark.pedantic(pooled, args=(seg, cases), rounds=1)
     precision = seg.metadata.precision
+    computed = getattr(seg.backend, "precision", "")  # OpenVINO runs an FP32 file in bf16
+    if precision == "fp32" and computed in ("bf16", "f16"):
+        precision = "bf16" if computed == "bf16" else "fp16"
     name = Path(seg.source).name
     record(benchmark, result, reference, len(cases), seg.backend.name, precision, name, "")
 

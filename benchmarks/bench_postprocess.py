@@ -9,7 +9,7 @@ import pytest
 from benchlib import FP32, forget_caches, kernels, rounds
 
 from hemoseg_edge import quality
-from hemoseg_edge.postprocess import quadrant_of
+from hemoseg_edge.postprocess import min_lesion_px, quadrant_of
 from hemoseg_edge.segmenter import Segmenter
 
 
@@ -23,11 +23,19 @@ def case(models, images):
     return seg, image, pre, prob
 
 
-def reference_postprocess(prob, pre, image, thr):
-    """The straightforward version: map to 12 Mpx, threshold, FOV disc, label everything."""
+def reference_postprocess(prob, pre, image, thr, min_px=0):
+    """The straightforward version: map to 12 Mpx, threshold, FOV disc, label everything,
+    drop the components under the minimum lesion area (``min_px`` photograph pixels)."""
     g = pre.geometry
     mask = (g.to_original(prob) >= thr) & g.fov_mask()
-    n, _, stats, cents = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    n, labels, stats, cents = cv2.connectedComponentsWithStats(
+        mask.astype(np.uint8), connectivity=8
+    )
+    if min_px > 1:
+        small = stats[:, 4] < min_px
+        small[0] = False
+        mask &= ~small[labels]
+        n, _, stats, cents = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     lesions = sorted(
         (
             (int(stats[i, 4]), quadrant_of(cents[i, 0], cents[i, 1], *g.fov_center))
@@ -62,7 +70,13 @@ def bench_postprocess_reference(benchmark, case, models):
     benchmark.group = "postprocess"
     mask, *_ = benchmark.pedantic(
         reference_postprocess,
-        args=(prob, pre, image, seg.metadata.threshold),
+        args=(
+            prob,
+            pre,
+            image,
+            seg.metadata.threshold,
+            min_lesion_px(pre.geometry, seg.min_lesion_model_px),
+        ),
         rounds=rounds(10, 3),
     )
     optimised = seg.postprocess(prob, pre, image, {})
