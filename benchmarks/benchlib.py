@@ -23,7 +23,7 @@ from hemoseg_edge.model_file.shipped import (
     DEFAULT_MODEL,
     FP16_MODEL,
     INT8_MODEL,
-    OPENVINO_RUNS_INT8,
+    OPENVINO_INT8_MODEL,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -202,7 +202,7 @@ def default_segmenter(
     models: ModelSet,
     throughput: bool,
     fp32_name: str = DEFAULT_MODEL,
-    int8_name: str | None = INT8_MODEL if OPENVINO_RUNS_INT8 else None,
+    int8_name: str | None = OPENVINO_INT8_MODEL,
     **backend_options,
 ):
     """What ``hemoseg-edge segment`` loads without ``--model``: the shipped model in the

@@ -33,8 +33,7 @@ from .errors import EXIT_STUCK, HemosegError, InferenceMemoryError, ModelError
 from .inputs import LoadedImage, load_image
 from .model_file import (
     DEFAULT_MODEL,
-    INT8_MODEL,
-    OPENVINO_RUNS_INT8,
+    OPENVINO_INT8_MODEL,
     ModelMetadata,
     default_model_path,
     model_metadata,
@@ -167,14 +166,14 @@ class Segmenter:
         throughput: bool = False,
         *,
         fp32_name: str = DEFAULT_MODEL,
-        int8_name: str | None = INT8_MODEL if OPENVINO_RUNS_INT8 else None,
+        int8_name: str | None = OPENVINO_INT8_MODEL,
         threshold: float | None = None,
         min_lesion_model_px: float | None = None,
         **kw,
     ) -> Segmenter:
         """The shipped model: its INT8 Q/DQ variant where OpenVINO runs on a CPU with int8 dot
         products (AMX-INT8, AVX512-VNNI, AVX-VNNI) and keeps parity with FP32 there (asserted
-        in the tests; ``OPENVINO_RUNS_INT8``), else the FP32 model (ONNX Runtime's CPU
+        in the tests; ``OPENVINO_INT8_MODEL``), else the FP32 model (ONNX Runtime's CPU
         provider runs Q/DQ INT8 slower than FP32). ``fp32_name`` / ``int8_name``: another
         shipped model's pair of files (e.g. the previous model, v1), chosen by the same rule;
         ``int8_name=None``: always the FP32 file."""

@@ -66,14 +66,14 @@ def _transfer_syntax(ds):
     return getattr(meta, "TransferSyntaxUID", None) if meta is not None else None
 
 
-def _pixels(pydicom, ds, name: str, photometric: str) -> np.ndarray:
+def _pixels(pydicom, ds, name: str, photometric: str, frames: int) -> np.ndarray:
+    """The first frame's pixels (``frames``: NumberOfFrames)."""
     ts = _transfer_syntax(ds)
     ts_text = f"{ts.name} ({ts})" if ts is not None else "unknown transfer syntax"
     compressed = ts is not None and ts.is_compressed
     if not compressed:
         rows, cols = int(ds.Rows), int(ds.Columns)
         spp, bits = int(ds.SamplesPerPixel), int(ds.BitsAllocated)
-        frames = int(ds.get("NumberOfFrames") or 1)
         per_frame = rows * cols * spp * bits // 8
         if photometric == "YBR_FULL_422":
             per_frame = per_frame * 2 // 3
@@ -83,8 +83,7 @@ def _pixels(pydicom, ds, name: str, photometric: str) -> np.ndarray:
                 f" {per_frame * frames} bytes)"
             )
     elif str(ts) != RLE_LOSSLESS:  # RLE decodes to Rows x Columns; the others carry a size
-        _check_codestream(ds, name, ts_text)
-    frames = int(ds.get("NumberOfFrames") or 1)
+        _check_codestream(ds, name, ts_text, frames)
     one_frame = frames > 1 and hasattr(ds, "pixel_array_options")  # pydicom >= 3
     if one_frame:
         ds.pixel_array_options(index=0)  # decode the frame used, not all of them
@@ -106,7 +105,7 @@ def _pixels(pydicom, ds, name: str, photometric: str) -> np.ndarray:
         if not compressed:
             arr = convert_color_space(arr, photometric, "RGB")
     arr = np.asarray(arr)
-    return arr[None] if one_frame else arr
+    return arr[0] if frames > 1 and not one_frame else arr
 
 
 def _first_frame(ds, frames: int) -> bytes:
@@ -120,12 +119,12 @@ def _first_frame(ds, frames: int) -> bytes:
         return next(generate_pixel_data_frame(ds.PixelData, frames))
 
 
-def _check_codestream(ds, name: str, ts_text: str) -> None:
+def _check_codestream(ds, name: str, ts_text: str, frames: int) -> None:
     """The first frame's own header must declare the size the DICOM header does: a decoder
     allocates for the codestream's size, which nothing else has checked (``codestream``)."""
     rows, cols = int(ds.Rows), int(ds.Columns)
     try:
-        size = frame_size(_first_frame(ds, int(ds.get("NumberOfFrames") or 1)))
+        size = frame_size(_first_frame(ds, frames))
     except Exception:  # noqa: BLE001 - a malformed encapsulation raises anything
         size = None
     if size is None:
@@ -211,11 +210,9 @@ def _decode_dicom(data: bytes, name: str, max_pixels: int) -> LoadedImage:
         raise InputImageError(f"{name}: DICOM {photometric} with SamplesPerPixel {spp}")
     if bits not in (8, 16):
         raise InputImageError(f"{name}: unsupported DICOM BitsAllocated {bits} (need 8 or 16)")
-    arr = _pixels(pydicom, ds, name, photometric)
-    notes: list[str] = []
-    if int(ds.get("NumberOfFrames") or 1) > 1:
-        arr = arr[0]
-        notes.append("first_frame_only")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    arr = _pixels(pydicom, ds, name, photometric, frames)
+    notes: list[str] = ["first_frame_only"] if frames > 1 else []
     arr = _to_uint8(arr, int(ds.get("BitsStored") or bits), notes)
     if photometric in _GREY:
         grey = arr[..., 0] if arr.ndim == 3 else arr

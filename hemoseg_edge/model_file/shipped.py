@@ -14,8 +14,8 @@ from pathlib import Path
 
 from ..errors import ModelError
 
-# Model v2 (MobileNetV2-encoder U-Net at 1120x1152, engines/MODEL_CARD.md); shipped as the
-# default because it beat v1 on validation
+# Model v3 (v2's MobileNetV2-encoder U-Net at 1120x1152, fine-tuned with exposure augmentation,
+# engines/MODEL_CARD.md); the default because it beat v2 on validation
 DEFAULT_MODEL = "hemoseg_mnv2_v3.onnx"
 FP16_MODEL = "hemoseg_mnv2_v3_fp16.onnx"
 # The INT8 Q/DQ variant: TensorRT's input, and the default where OpenVINO runs int8 natively
@@ -28,6 +28,8 @@ INT8_MODEL = "hemoseg_mnv2_v3_int8.onnx"
 # OpenVINO runs the FP32 model (bf16 where the CPU has it: 0.619) until an INT8 recipe keeps
 # parity on every host (tests/test_openvino.py asserts the default path's)
 OPENVINO_RUNS_INT8 = False
+# The INT8 file the default path runs on OpenVINO, or None (then always the FP32 file)
+OPENVINO_INT8_MODEL: str | None = INT8_MODEL if OPENVINO_RUNS_INT8 else None
 # v1, the paper's U-Net (the reproduction): still shipped, chosen with --model
 PREVIOUS_MODEL = "hemoseg_unet_v1.onnx"
 PREVIOUS_FP16_MODEL = "hemoseg_unet_v1_fp16.onnx"

@@ -131,7 +131,7 @@ class Layout:
             return True
         # another input's results under the same stem: a done one (its JSON) or one at work
         stem = result_stem(name)
-        if os.path.lexists(self.results / result_names(name)[-1]):
+        if os.path.lexists(self.results / output_names(stem)[-1]):
             return True
         return any(result_stem(n) == stem for n in self.pending_work())
 
@@ -179,7 +179,7 @@ class Layout:
     def finish_failed(self, name: str, reason: str) -> None:
         """Remove results of a crashed earlier attempt, write the reason, move to ``failed/``."""
         stem = result_stem(name)
-        for fname in (*result_names(name), *dicom_output_names(stem).values()):
+        for fname in (*output_names(stem), *dicom_output_names(stem).values()):
             try:
                 os.unlink(self.results / fname)
             except FileNotFoundError:
