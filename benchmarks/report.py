@@ -20,8 +20,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# model v2 at 1120x1152 (training.model.conv_flops: multiply-adds x 2); v1 was 241.0
-GFLOP_PER_FRAME = 59.2
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8")
 GROUP_ORDER = (
     "preprocess-cpu",
@@ -413,6 +411,31 @@ def summary_section(groups: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
+def conv_gflop(onnx_path: Path) -> float:
+    """Multiply-adds x 2 of every (grouped) ``Conv`` in an ONNX graph for one frame (shapes by
+    ONNX shape inference; the same count as ``training.model.conv_flops``), so the Jetson
+    floor follows whatever the default model file computes, test-time views included."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    g = model.graph
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*g.value_info, *g.output, *g.input]
+    }
+    weights = {i.name: numpy_helper.to_array(i).shape for i in g.initializer}
+    total = 0
+    for n in g.node:
+        if n.op_type != "Conv":
+            continue
+        # weight (C_out, C_in / groups, kh, kw): per output element C_in/groups * kh * kw MACs
+        w = weights.get(n.input[1]) or shapes[n.input[1]]
+        out = shapes[n.output[0]]
+        total += 2 * out[1] * out[2] * out[3] * w[1] * w[2] * w[3]
+    return total / 1e9
+
+
 def jetson_section(gflop: float) -> list[str]:
     rows = []
     for name, sparse in ORIN_SPARSE_INT8_TOPS:
@@ -612,7 +635,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("json", type=Path, nargs="+", help="pytest --benchmark-json output(s)")
     p.add_argument("--out", type=Path, default=HERE.parent / "BENCHMARKS.md")
     p.add_argument("--plot", type=Path, default=HERE / "latency.png")
-    p.add_argument("--gflop", type=float, default=GFLOP_PER_FRAME)
+    p.add_argument(
+        "--gflop", type=float, default=None, help="default: counted in the default model file"
+    )
     p.add_argument(
         "--int8",
         type=Path,
@@ -638,6 +663,11 @@ def main(argv: list[str] | None = None) -> int:
     source = ", ".join(os.path.relpath(p, args.out.parent) for p in args.json)
     if load is not None:
         load["source"] = os.path.relpath(args.serve, args.out.parent)
+    if args.gflop is None:
+        sys.path.insert(0, str(HERE.parent))
+        from hemoseg_edge.model_file import default_model_path
+
+        args.gflop = round(conv_gflop(default_model_path()), 1)
     text = render(data, source, args.plot, args.out, args.gflop, int8_cmp, load)
     args.out.write_text(text)
     print(f"wrote {args.out} and {args.plot}")

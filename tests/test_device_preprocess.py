@@ -24,9 +24,10 @@ from hemoseg_edge.backends.onnxruntime import OnnxRuntimeBackend
 from hemoseg_edge.errors import BackendUnavailableError, HemosegError, ModelError
 from hemoseg_edge.inputs import load_image
 from hemoseg_edge.model_file.metadata import ModelMetadata
+from hemoseg_edge.model_file.shipped import DEFAULT_MODEL
 from hemoseg_edge.segmenter import Segmenter
 
-SHIPPED = REPO / "engines" / "hemoseg_mnv2_v3.onnx"
+SHIPPED = REPO / "engines" / DEFAULT_MODEL
 EXAMPLE = REPO / "examples" / "IDRiD_55.jpg"
 
 

@@ -51,7 +51,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # hemoseg_edge and training, also without an editable install
 
 ENGINES = REPO / "engines"
-FAMILIES = {"v3": "hemoseg_mnv2_v3", "v2": "hemoseg_mnv2_v2", "v1": "hemoseg_unet_v1"}
+FAMILIES = {
+    "v4": "hemoseg_mnv2_v4",
+    "v3": "hemoseg_mnv2_v3",
+    "v2": "hemoseg_mnv2_v2",
+    "v1": "hemoseg_unet_v1",
+}
 PRECISIONS = {"fp32": "", "fp16": "_fp16", "int8": "_int8"}
 DICE_TOL = {"fp32": 0.002, "fp16": 0.005, "int8": 0.01}
 KERNEL_TOL = 1.0 / 255.0
@@ -157,7 +162,7 @@ def prerequisites() -> dict[str, Prereq]:
 
     imgs = shared_images()
     masks = data_root() / "idrid" / "masks" / "HE" / "test"
-    shipped = [ENGINES / f"{FAMILIES['v3']}{s}.onnx" for s in PRECISIONS.values()]
+    shipped = [ENGINES / f"{FAMILIES['v4']}{s}.onnx" for s in PRECISIONS.values()]
     missing = [p.name for p in shipped if not p.is_file()]
     nvcc = shutil.which("nvcc")
     return {
@@ -551,7 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="list what would be proved; run none")
     ap.add_argument("--checks", default=",".join(CHECKS), help=f"subset of {','.join(CHECKS)}")
     ap.add_argument("--images", type=int, default=3, help="IDRiD test images for trt (0: all)")
-    ap.add_argument("--families", default="v3", help="model families for trt: v3, v2, v1 or a list")
+    ap.add_argument(
+        "--families", default="v4", help="model families for trt: v4, v3, v2, v1 or a list"
+    )
     ap.add_argument("--rounds", type=int, default=50, help="timed rounds for speed")
     ap.add_argument("--workspace-mb", type=int, default=2048, help="TensorRT build workspace")
     ap.add_argument("--test-timeout", type=int, default=3600, help="seconds for pytest -m gpu")

@@ -59,15 +59,24 @@ def tune_threshold(seg: Segmenter, items, bins: int = 200, sensitivity: float = 
     }
 
 
-MIN_LESION_CANDIDATES = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # model-input pixels
+# model-input pixels
+MIN_LESION_CANDIDATES = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0, 64.0)
 MAX_DICE_LOSS = 0.005  # pooled Dice the minimum lesion area may cost on validation
+# lesion-level recall it may cost: a screening tool must not buy precision by dropping the small
+# hemorrhages that are the earliest sign (on v4, F1 alone chose 64 px at 0.10 recall lost)
+MAX_RECALL_LOSS = 0.02
 
 
 def tune_min_lesion_area(
-    seg: Segmenter, items, candidates=MIN_LESION_CANDIDATES, max_dice_loss=MAX_DICE_LOSS
+    seg: Segmenter,
+    items,
+    candidates=MIN_LESION_CANDIDATES,
+    max_dice_loss=MAX_DICE_LOSS,
+    max_recall_loss=MAX_RECALL_LOSS,
 ) -> dict:
     """The minimum lesion area (model-input pixels) with the best lesion-level F1 on ``items``
-    (validation only) among those that cost at most ``max_dice_loss`` pooled Dice; ``seg``
+    (validation only) among those that cost at most ``max_dice_loss`` pooled Dice and
+    ``max_recall_loss`` lesion-level recall against the smallest candidate; ``seg``
     at its tuned threshold. Precision: predicted lesions touching a true one; recall: true
     regions touched by a prediction (``lesion_level``)."""
     from hemoseg_edge.postprocess import min_lesion_px
@@ -106,12 +115,18 @@ def tune_min_lesion_area(
                 "predicted_lesions": preds,
             }
         )
-    base = next(t["dice"] for t in table if t["min_lesion_model_px"] == min(candidates))
-    allowed = [t for t in table if t["dice"] >= base - max_dice_loss]
+    base = next(t for t in table if t["min_lesion_model_px"] == min(candidates))
+    allowed = [
+        t
+        for t in table
+        if t["dice"] >= base["dice"] - max_dice_loss
+        and t["lesion_recall"] >= base["lesion_recall"] - max_recall_loss
+    ]
     best = max(allowed, key=lambda t: (t["lesion_f1"], -t["min_lesion_model_px"]))
     return {
         "min_lesion_model_px": best["min_lesion_model_px"],
         "max_dice_loss": max_dice_loss,
+        "max_recall_loss": max_recall_loss,
         "images": len(items),
         "candidates": table,
     }
@@ -266,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "model_version": seg.metadata.version,
         "architecture": seg.metadata.architecture,
+        "tta": seg.metadata.tta,
         "precision": seg.metadata.precision,
         "backend": seg.backend.name,
         "threshold_source": "--threshold" if args.threshold is not None else "model metadata",

@@ -37,6 +37,15 @@ class Entry:
     def arch(self) -> str:
         return self.eval.get("architecture", "unet-skouta2022")
 
+    @property
+    def tta(self) -> str:
+        return self.eval.get("tta", "none")
+
+    @property
+    def views(self) -> int:
+        """Network passes per frame: 1 + one per test-time flip in the graph."""
+        return 1 if self.tta == "none" else 1 + len(self.tta.split(","))
+
 
 def parse_model(spec: str) -> Entry:
     name, _, files = spec.partition("=")
@@ -97,7 +106,8 @@ def comparison(entries: list[Entry], manifest: dict) -> list[str]:
     full = lambda e: e.test["full_resolution"]  # noqa: E731
     row("architecture", lambda e: e.arch)
     row("input (H x W)", lambda e: "x".join(map(str, architecture(e.arch)[2])))
-    row("GFLOP per frame", lambda e: f"{architecture(e.arch)[1] / 1e9:.1f}")
+    row("test-time augmentation (in the graph)", lambda e: e.tta)
+    row("GFLOP per frame", lambda e: f"{e.views * architecture(e.arch)[1] / 1e9:.1f}")
     row("parameters", lambda e: f"{architecture(e.arch)[0]:,}")
     shipped = manifest.get("files", {})
     row(
@@ -207,7 +217,8 @@ def model_section(e: Entry, manifest: dict) -> list[str]:
             "",
             f"Precision variants ({q.get('images', '?')} test images, full resolution, "
             f"{q.get('backend', '?')}; the reference is FP32; CI asserts FP16 within 0.005 and "
-            "INT8 within 0.01 Dice on a subset):",
+            "INT8 within 0.01 Dice on a subset). s/image is this evaluation's wall time, whatever",
+            "else ran on the host: speed is measured in BENCHMARKS.md.",
             "",
             "| model | Dice | IoU | Dice - FP32 | mask px differing | max prob diff | s/image |",
             "|---|---|---|---|---|---|---|",
@@ -219,7 +230,11 @@ def model_section(e: Entry, manifest: dict) -> list[str]:
                 f"| {m['prob_max_abs_diff_vs_fp32']:.3f} | {m['seconds_per_image']} |"
             )
     out += ["", *training_section(e), "", "### Architecture", ""]
-    out += [f"{params:,} parameters, {flops / 1e9:.1f} GFLOP per {hw[0]}x{hw[1]} frame.", ""]
+    passes = f" x {e.views} views ({e.tta} test-time augmentation)" if e.views > 1 else ""
+    out += [
+        f"{params:,} parameters, {flops / 1e9:.1f} GFLOP{passes} per {hw[0]}x{hw[1]} frame.",
+        "",
+    ]
     out += ["<details><summary>layers</summary>", "", table, "", "</details>"]
     return out
 
@@ -306,22 +321,26 @@ def render(entries: list[Entry], manifest: dict) -> str:
         "## Reproduce",
         "",
         "`make card` re-measures every number above and re-renders this file. The steps that",
-        "made the shipped v3 files (v3 fine-tunes v2's committed weights; v2 itself came from",
+        "made the shipped v4 files (v4 is v3's network with horizontal-flip test-time",
+        "augmentation in its graph; v3 fine-tunes v2's committed weights; v2 itself came from",
         "`python -m training.train --recipe mnv2` in two phases, see its training history):",
         "",
         "```bash",
         "R=~/.cache/hemoseg-edge/runs/mnv2_exp",
         "python -m training.train --recipe mnv2 --init engines/hemoseg_mnv2_v2.weights.h5 \\",
         "    --freeze-bn --lr 1.25e-4 --exposure 0.45,1.4 --epochs 30 --patience 10 \\",
-        "    --lr-patience 3 --run-dir $R            # fine-tune (resumable: add --resume)",
+        "    --lr-patience 3 --run-dir $R            # v3: fine-tune (resumable: add --resume)",
         "python -m training.ship --arch mnv2 --name hemoseg_mnv2_v3.onnx --version v3 \\",
         "    --weights $R/best.weights.h5 --run-info $R/run_info.json  # export, tune on val",
-        "hemoseg-edge quantize engines/hemoseg_mnv2_v3.onnx --precision fp16 \\",
-        "    --out engines/hemoseg_mnv2_v3_fp16.onnx",
-        "hemoseg-edge quantize engines/hemoseg_mnv2_v3.onnx --precision int8 \\",
+        "python -m training.ship --arch mnv2 --name hemoseg_mnv2_v4.onnx --version v4 \\",
+        "    --weights engines/hemoseg_mnv2_v3.weights.h5 --tta hflip \\",
+        "    --run-info engines/train_v3/run_info.json    # v4: v3 + flip TTA, tuned on val",
+        "hemoseg-edge quantize engines/hemoseg_mnv2_v4.onnx --precision fp16 \\",
+        "    --out engines/hemoseg_mnv2_v4_fp16.onnx",
+        "hemoseg-edge quantize engines/hemoseg_mnv2_v4.onnx --precision int8 \\",
         "    --calib ../shared/data/idrid/images/train --calib-count 24 \\",
-        "    --keep-float head features.0.conv features.{1..17}.dw \\",
-        "    --out engines/hemoseg_mnv2_v3_int8.onnx",
+        "    --keep-float {,tta0/}head {,tta0/}features.0.conv {,tta0/}features.{1..17}.dw \\",
+        "    --out engines/hemoseg_mnv2_v4_int8.onnx",
         "make card",
         "```",
     ]

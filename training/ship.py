@@ -12,7 +12,11 @@
    ship only when both are better than the best of them (``--force`` to override);
 4. write both thresholds into the model's metadata, the model and its Keras weights (weights
    only, so any machine can resume or fine-tune) into ``engines/``, their sha256 into the
-   manifest.
+   manifest. Weights that are a shipped file already (``--weights engines/X.weights.h5``,
+   e.g. a new test-time augmentation of a shipped network) are named, not copied.
+
+``--tta hflip`` bakes flip test-time augmentation into the exported graph before step 2
+(``hemoseg_edge.build.tta``), so the thresholds are tuned on what ships.
 """
 
 from __future__ import annotations
@@ -84,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         "--against", default=None, help="manifest entry to beat (default: every shipped model)"
     )
     p.add_argument("--run-info", type=Path, default=None, help="run_info.json of the run")
+    p.add_argument(
+        "--tta",
+        default=None,
+        help="flip test-time augmentation in the graph, e.g. 'hflip' or 'hflip,vflip'",
+    )
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -111,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         parity = np.stack([e.x for e in load_cached(idrid_items("val"), input_hw)[:2]])
         rep = export(args.weights, cand, md, input_hw, parity_inputs=parity, arch=args.arch)
         print(f"exported: parity max abs diff {rep.max_abs_diff:.2e}", flush=True)
+        if args.tta:
+            import onnx
+
+            from hemoseg_edge.build.tta import with_flip_tta
+
+            onnx.save(with_flip_tta(onnx.load(str(cand)), args.tta.split(",")), str(cand))
+            print(f"test-time augmentation in the graph: {args.tta}", flush=True)
         tuned = tune_threshold(
             Segmenter.from_engine(cand, backend="onnxruntime"), idrid_items("val")
         )
@@ -141,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         dest = ENGINES / args.name
         dest.write_bytes(cand.read_bytes())
-    weights_dest = dest.with_suffix(".weights.h5")
-    save_weights_only(args.arch, input_hw, args.weights, weights_dest)
+    shipped_weights = args.weights.resolve().parent == ENGINES and args.weights.name in files
+    weights_dest = args.weights if shipped_weights else dest.with_suffix(".weights.h5")
+    if not shipped_weights:
+        save_weights_only(args.arch, input_hw, args.weights, weights_dest)
     update_manifest(
         dest,
         {
@@ -155,11 +173,14 @@ def main(argv: list[str] | None = None) -> int:
             "val_dice": round(tuned["val_dice"], 4),
             "val_aupr": round(tuned["val_aupr"], 4),
             "val_image_scores": tuned["image_scores"],
+            "weights": weights_dest.name,
+            **({"tta": args.tta} if args.tta else {}),
         },
     )
-    update_manifest(
-        weights_dest, {"kind": "keras weights", "arch": args.arch, "version": args.version}
-    )
+    if not shipped_weights:
+        update_manifest(
+            weights_dest, {"kind": "keras weights", "arch": args.arch, "version": args.version}
+        )
     print(
         f"shipped {dest} and {weights_dest.name} (val AUPR {tuned['val_aupr']:.4f} > "
         f"{old_aupr:.4f}, Dice {tuned['val_dice']:.4f} > {old_dice:.4f})"

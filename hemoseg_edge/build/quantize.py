@@ -71,6 +71,8 @@ FP16_OPS = frozenset(
         "Mul",
         "Identity",
         "Clip",  # ReLU6: its min/max initializers become float16 with the data
+        "Slice",  # test-time flips (build.tta); their int64 arguments stay int64
+        "Mean",
     }
 )
 FP16_MAX = 65504.0

@@ -17,6 +17,7 @@ PREFIX = "hemoseg."
 NO_IMAGE_THRESHOLD = -1.0
 # model v2 takes 1120 x 1152 (1.3 Mpx); 4096 x 4096 leaves room and bounds every buffer
 MAX_INPUT_PIXELS = 4096 * 4096
+TTA_VIEWS = ("hflip", "vflip")  # the flips a model's graph may average over (``tta``)
 REQUIRED = ("input_height", "input_width", "layout", "normalisation", "threshold", "version")
 
 
@@ -42,6 +43,9 @@ class ModelMetadata:
     # 0: every lesion kept (a model file older than the key)
     min_lesion_model_px: float = 0.0
     architecture: str = "unet-skouta2022"
+    # test-time augmentation inside the graph ("hflip": the mean of the image's and its mirror
+    # image's probabilities, hemoseg_edge.build.tta); "none" for a plain network
+    tta: str = "none"
     preprocess_sha256: str = field(default_factory=spec_sha256)
     extra: dict = field(default_factory=dict)
 
@@ -97,6 +101,8 @@ class ModelMetadata:
             raise ModelError(f"{source}: image_threshold {self.image_threshold} outside (0, 1)")
         if not 0.0 <= self.min_lesion_model_px < 1e6:
             raise ModelError(f"{source}: min_lesion_model_px {self.min_lesion_model_px} invalid")
+        if self.tta != "none" and not set(self.tta.split(",")) <= set(TTA_VIEWS):
+            raise ModelError(f"{source}: unknown test-time augmentation {self.tta!r}")
         if self.input_height % 16 or self.input_width % 16 or min(self.input_hw) < 16:
             raise ModelError(f"{source}: input size {self.input_hw} is not a multiple of 16")
         if self.input_height * self.input_width > MAX_INPUT_PIXELS:

@@ -14,19 +14,21 @@ from pathlib import Path
 
 from ..errors import ModelError
 
-# Model v3 (v2's MobileNetV2-encoder U-Net at 1120x1152, fine-tuned with exposure augmentation,
-# engines/MODEL_CARD.md); the default because it beat v2 on validation
-DEFAULT_MODEL = "hemoseg_mnv2_v3.onnx"
-FP16_MODEL = "hemoseg_mnv2_v3_fp16.onnx"
+# Model v4: v3's network (v2's MobileNetV2-encoder U-Net at 1120x1152, fine-tuned with exposure
+# augmentation) with horizontal-flip test-time augmentation in its graph (engines/MODEL_CARD.md);
+# the default because it beat v3 on validation
+DEFAULT_MODEL = "hemoseg_mnv2_v4.onnx"
+FP16_MODEL = "hemoseg_mnv2_v4_fp16.onnx"
 # The INT8 Q/DQ variant: TensorRT's input, and the default where OpenVINO runs int8 natively
 # (see Segmenter.default_model; benchmarks/compare_int8.py for why not NNCF's)
-INT8_MODEL = "hemoseg_mnv2_v3_int8.onnx"
-# Whether the default path runs INT8_MODEL on OpenVINO. Not for v3: OpenVINO's int8 kernels on
-# its Q/DQ file lose 0.066 validation Dice against FP32 (0.553 vs 0.619; ONNX Runtime's int8
-# of the same file: 0.617; measured on an AMD EPYC with AVX512-VNNI; v2's int8 file there lost
-# 0.028 on 3 test images, though it kept parity on the Intel AMX host it was chosen on), so
-# OpenVINO runs the FP32 model (bf16 where the CPU has it: 0.619) until an INT8 recipe keeps
-# parity on every host (tests/test_openvino.py asserts the default path's)
+INT8_MODEL = "hemoseg_mnv2_v4_int8.onnx"
+# Whether the default path runs INT8_MODEL on OpenVINO. Not for v4 or v3 (the same network):
+# OpenVINO's int8 kernels on v3's Q/DQ file lose 0.066 validation Dice against FP32 (0.553 vs
+# 0.619; ONNX Runtime's int8 of the same file: 0.617; measured on an AMD EPYC with
+# AVX512-VNNI; v2's int8 file there lost 0.028 on 3 test images, though it kept parity on the
+# Intel AMX host it was chosen on), so OpenVINO runs the FP32 model (bf16 where the CPU has
+# it: 0.619) until an INT8 recipe keeps parity on every host (tests/test_openvino.py asserts
+# the default path's)
 OPENVINO_RUNS_INT8 = False
 # The INT8 file the default path runs on OpenVINO, or None (then always the FP32 file)
 OPENVINO_INT8_MODEL: str | None = INT8_MODEL if OPENVINO_RUNS_INT8 else None
