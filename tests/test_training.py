@@ -505,3 +505,25 @@ def test_torch_legacy_reader_round_trip(tmp_path, monkeypatch):
         f.write(struct.pack("<q", a.size) + a.tobytes())
     out = load_state_dict(path)
     np.testing.assert_array_equal(out["w"], a.reshape(2, 3).T)  # size (3, 2), strides (1, 3)
+
+
+def test_min_lesion_area_is_bounded_by_lesion_recall():
+    from training.evaluate import choose_min_lesion_area
+
+    def row(px, dice, recall, f1):
+        return {"min_lesion_model_px": px, "dice": dice, "lesion_recall": recall, "lesion_f1": f1}
+
+    # v4's validation table, abridged: F1 alone would take 64 px and drop a tenth of the lesions
+    table = [
+        row(0.0, 0.6282, 0.6854, 0.5804),
+        row(8.0, 0.6283, 0.6667, 0.5961),
+        row(16.0, 0.6287, 0.6667, 0.6118),
+        row(24.0, 0.6293, 0.6573, 0.6269),
+        row(64.0, 0.6303, 0.5915, 0.6365),
+    ]
+    assert choose_min_lesion_area(table) == 16.0
+    assert choose_min_lesion_area(table, max_recall_loss=1.0) == 64.0
+    assert choose_min_lesion_area(table, max_recall_loss=0.03) == 24.0
+    # the Dice bound still applies, and a tie goes to the smaller area
+    costly = [row(0.0, 0.60, 0.70, 0.50), row(4.0, 0.58, 0.70, 0.70), row(8.0, 0.60, 0.70, 0.50)]
+    assert choose_min_lesion_area(costly) == 0.0

@@ -115,7 +115,24 @@ def tune_min_lesion_area(
                 "predicted_lesions": preds,
             }
         )
-    base = next(t for t in table if t["min_lesion_model_px"] == min(candidates))
+    return {
+        "min_lesion_model_px": choose_min_lesion_area(table, max_dice_loss, max_recall_loss),
+        "max_dice_loss": max_dice_loss,
+        "max_recall_loss": max_recall_loss,
+        "images": len(items),
+        "candidates": table,
+    }
+
+
+def choose_min_lesion_area(
+    table: list[dict],
+    max_dice_loss: float = MAX_DICE_LOSS,
+    max_recall_loss: float = MAX_RECALL_LOSS,
+) -> float:
+    """The candidate of ``table`` (rows of ``tune_min_lesion_area``) with the best lesion F1
+    among those within ``max_dice_loss`` pooled Dice and ``max_recall_loss`` lesion recall of
+    the smallest candidate; the smaller area on a tie."""
+    base = min(table, key=lambda t: t["min_lesion_model_px"])
     allowed = [
         t
         for t in table
@@ -123,13 +140,7 @@ def tune_min_lesion_area(
         and t["lesion_recall"] >= base["lesion_recall"] - max_recall_loss
     ]
     best = max(allowed, key=lambda t: (t["lesion_f1"], -t["min_lesion_model_px"]))
-    return {
-        "min_lesion_model_px": best["min_lesion_model_px"],
-        "max_dice_loss": max_dice_loss,
-        "max_recall_loss": max_recall_loss,
-        "images": len(items),
-        "candidates": table,
-    }
+    return best["min_lesion_model_px"]
 
 
 def evaluate_idrid(seg: Segmenter, items, threshold: float, bins: int = 1000) -> dict:
