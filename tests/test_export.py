@@ -246,3 +246,47 @@ def test_strided_same_padding_matches_keras(size, stride):
     model = randomise(keras.Model(inp, x))
     p = ex.keras_to_onnx(model, (size, size))
     assert ex.check_parity(model, p, images(1, (size, size))) <= TOL
+
+
+@pytest.mark.parametrize("arch", ["unet", "mnv2"])
+def test_onnx_weights_load_back_exactly(arch, tmp_path):
+    """training.onnx_weights inverts the exporter: a fresh network takes every variable back
+    bit for bit (v1 has no committed .h5; fine-tuning starts from its ONNX), depthwise kernels
+    and BatchNorm statistics included."""
+    from training.model_mnv2 import build_mnv2_unet
+    from training.onnx_weights import load_onnx_weights
+
+    build, hw = (build_unet, HW) if arch == "unet" else (build_mnv2_unet, (64, 96))
+    model = randomise(build(hw), seed=7)
+    path = tmp_path / "m.onnx"
+    onnx.save(ex.keras_to_onnx(model, hw), str(path))
+    fresh = build(hw)
+    n = load_onnx_weights(fresh, path)
+    assert n == sum(1 for layer in model.layers if layer.weights)
+    for a, b in zip(model.get_weights(), fresh.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_onnx_weights_refuse_what_they_cannot_invert(unet, proto, tmp_path):
+    from onnx import numpy_helper
+
+    from training.onnx_weights import OnnxWeightsError, load_onnx_weights
+
+    half = onnx.ModelProto()
+    half.CopyFrom(proto)
+    for t in half.graph.initializer:
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float16), t.name))
+    onnx.save(half, str(tmp_path / "half.onnx"))
+    before = [w.copy() for w in unet.get_weights()]
+    with pytest.raises(OnnxWeightsError, match="float16"):
+        load_onnx_weights(unet, tmp_path / "half.onnx")
+    missing = onnx.ModelProto()
+    missing.CopyFrom(proto)
+    keep = [t for t in missing.graph.initializer if t.name != "dec4_bn2/moving_variance"]
+    del missing.graph.initializer[:]
+    missing.graph.initializer.extend(keep)
+    onnx.save(missing, str(tmp_path / "missing.onnx"))
+    with pytest.raises(OnnxWeightsError, match="dec4_bn2/moving_variance"):
+        load_onnx_weights(unet, tmp_path / "missing.onnx")
+    for a, b in zip(before, unet.get_weights(), strict=True):  # nothing half-loaded
+        np.testing.assert_array_equal(a, b)

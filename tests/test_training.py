@@ -18,14 +18,17 @@ if str(REPO) not in sys.path:  # `training` is no installed package: plain `pyte
     sys.path.insert(0, str(REPO))
 
 from training.augment import augment, geometric  # noqa: E402
-from training.model import BOTTLENECK, DECODER, ENCODER, build_unet, conv_flops  # noqa: E402
+from training.model import BOTTLENECK, DECODER, ENCODER, build_unet  # noqa: E402
 
 
 def test_paper_layer_structure_and_output_shape():
     model = build_unet((560, 576))
     assert model.output_shape == (None, 560, 576, 1)
     assert model.count_params() == 6_595_906
-    assert round(conv_flops(model) / 1e9) == 241
+    from hemoseg_edge.build.flops import conv_gflop
+    from training.export import keras_to_onnx
+
+    assert round(conv_gflop(keras_to_onnx(model, (560, 576)))) == 241
     convs = [ly for ly in model.layers if isinstance(ly, keras.layers.Conv2D)]
     widths = [c.filters for c in convs]
     expected = [f for block in ENCODER for f in block] + list(BOTTLENECK)
@@ -203,9 +206,10 @@ def tiny_net(input_hw=(None, None)):
     """The loop tests' stand-in for the U-Net (tracing the U-Net's training step would take
     most of a tiny run): 3x3 conv -> ReLU -> BatchNorm -> 1x1 conv -> sigmoid, v1's order."""
     inp = keras.Input(shape=(*input_hw, 1), name="image")
-    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu")(inp)
-    x = keras.layers.BatchNormalization()(x)
-    out = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32")(x)
+    # named: a fresh build must match an exported one (``--init x.onnx`` loads by name)
+    x = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="conv")(inp)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    out = keras.layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="head")(x)
     return keras.Model(inp, out)
 
 
@@ -376,6 +380,41 @@ def test_run_folder_of_the_hand_written_loop_resumes(tiny_train, tmp_path, capsy
     iterations, lr = _optimizer_state(run / "backup" / "latest.weights.h5")
     assert iterations == 8 and lr == pytest.approx(2.5e-4)  # a 2nd epoch without a gain
     assert not (run / "best.weights.h5").exists()  # nothing beat the stored 0.99
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_fine_tune_from_a_shipped_onnx_with_recalibrated_frozen_batchnorm(tiny_train, tmp_path):
+    """``--init x.onnx --recal-init N --freeze-bn`` (how the paper U-Net is fine-tuned from v1,
+    which has no .h5): the ONNX weights are loaded, the BatchNorm statistics re-estimated on N
+    whole training images, and then frozen: the trained weights hold exactly those statistics,
+    not the file's."""
+    import onnx
+
+    from hemoseg_edge.preprocess import DEFAULT_INPUT_HW
+    from training import export as ex
+    from training.callbacks import recalibrate_batchnorm
+    from training.data import idrid_items, load_cached
+
+    start = tiny_net()
+    bn = next(x for x in start.layers if isinstance(x, keras.layers.BatchNormalization))
+    bn.moving_mean.assign(np.full(bn.moving_mean.shape, 5.0, np.float32))  # stale statistics
+    onnx.save(ex.keras_to_onnx(start, (64, 64)), str(tmp_path / "init.onnx"))
+    run = tmp_path / "run"
+    init = ["--init", str(tmp_path / "init.onnx"), "--recal-init", "1", "--freeze-bn"]
+    tiny_train(*CPU_TINY, "--run-dir", str(run), "--epochs", "1", *init)
+    trained = tiny_net()
+    trained.load_weights(run / "backup" / "latest.weights.h5")
+    got = next(x for x in trained.layers if isinstance(x, keras.layers.BatchNormalization))
+
+    expected = tiny_net()
+    expected.set_weights(start.get_weights())
+    train = load_cached(idrid_items("train")[:1], DEFAULT_INPUT_HW)
+    recalibrate_batchnorm(expected, train, 1, np.random.default_rng([0, 0, 2]))
+    want = next(x for x in expected.layers if isinstance(x, keras.layers.BatchNormalization))
+    np.testing.assert_allclose(got.moving_mean.numpy(), want.moving_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(got.moving_variance.numpy(), want.moving_variance.numpy(), rtol=1e-5)
+    assert not np.allclose(got.moving_mean.numpy(), 5.0)
 
 
 @pytest.mark.data

@@ -119,7 +119,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-dir", type=Path, default=None)
     p.add_argument("--resume", action="store_true")
     p.add_argument(
-        "--init", type=Path, default=None, help="start from these weights (e.g. a shipped model)"
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights: a shipped model's .weights.h5 or its FP32 .onnx",
+    )
+    p.add_argument(
+        "--recal-init",
+        type=int,
+        default=0,
+        help="with --init: first re-estimate its BatchNorm statistics on N whole training "
+        "images (precise BN; v1's are moving averages of patches), e.g. before --freeze-bn",
     )
     p.add_argument(
         "--freeze-bn",
@@ -155,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.losses import bce_dice_loss
     from training.model import build_unet
     from training.model_mnv2 import INPUT_HW, build_mnv2_unet, encoder_layers, load_imagenet
+    from training.onnx_weights import load_onnx_weights
     from training.patches import ImageBatches, PatchBatches, parse_schedule, phases, steps_for
     from training.pretrained import mobilenet_v2_state
 
@@ -177,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     full = args.recipe == "paper"
     build = build_mnv2_unet if mnv2 else build_unet
     model = build(model_hw if full else (None, None))
-    if args.init:  # fine-tune a shipped model (engines/*.weights.h5)
+    if args.init and args.init.suffix == ".onnx":  # a shipped FP32 file (v1 has no .h5)
+        load_onnx_weights(model, args.init)
+    elif args.init:  # fine-tune a shipped model (engines/*.weights.h5)
         model.load_weights(args.init)
     elif mnv2:
         load_imagenet(model, mobilenet_v2_state())
@@ -186,6 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         for layer in encoder_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization):
                 layer.trainable = False
+    resuming = args.resume and _backup_epoch(run_dir / "backup") is not None
+    if args.init and args.recal_init and not resuming:  # a resumed run restores its own
+        import numpy as np
+
+        from training.callbacks import recalibrate_batchnorm
+
+        rng = np.random.default_rng([args.seed, 0, 2])
+        recalibrate_batchnorm(model, train, args.recal_init, rng)
     if args.freeze_bn:
         # every BN a fixed affine map (its current, recalibrated statistics): training and
         # inference then compute the same function, whatever a batch of patches holds
@@ -229,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "patch": None if full else args.patch,
         "lr": args.lr,
         "init": str(args.init) if args.init else None,
+        "recal_init": args.recal_init,
         "freeze_bn": bool(args.freeze_bn),
         "exposure": list(args.exposure),
     }
