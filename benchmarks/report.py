@@ -411,31 +411,6 @@ def summary_section(groups: dict[str, list[dict]]) -> list[str]:
     return lines
 
 
-def conv_gflop(onnx_path: Path) -> float:
-    """Multiply-adds x 2 of every (grouped) ``Conv`` in an ONNX graph for one frame (shapes by
-    ONNX shape inference; the same count as ``training.model.conv_flops``), so the Jetson
-    floor follows whatever the default model file computes, test-time views included."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(onnx_path)))
-    g = model.graph
-    shapes = {
-        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-        for v in [*g.value_info, *g.output, *g.input]
-    }
-    weights = {i.name: numpy_helper.to_array(i).shape for i in g.initializer}
-    total = 0
-    for n in g.node:
-        if n.op_type != "Conv":
-            continue
-        # weight (C_out, C_in / groups, kh, kw): per output element C_in/groups * kh * kw MACs
-        w = weights.get(n.input[1]) or shapes[n.input[1]]
-        out = shapes[n.output[0]]
-        total += 2 * out[1] * out[2] * out[3] * w[1] * w[2] * w[3]
-    return total / 1e9
-
-
 def jetson_section(gflop: float) -> list[str]:
     rows = []
     for name, sparse in ORIN_SPARSE_INT8_TOPS:
@@ -665,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         load["source"] = os.path.relpath(args.serve, args.out.parent)
     if args.gflop is None:
         sys.path.insert(0, str(HERE.parent))
+        from hemoseg_edge.build.flops import conv_gflop
         from hemoseg_edge.model_file import default_model_path
 
         args.gflop = round(conv_gflop(default_model_path()), 1)

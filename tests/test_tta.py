@@ -114,3 +114,13 @@ def test_shipped_default_model_carries_its_tta():
     for suffix in ("_fp16", "_int8"):
         variant = path.with_name(path.stem + suffix + ".onnx")
         assert proto_metadata(onnx.load(str(variant))).tta == "hflip"
+
+
+@pytest.mark.parametrize("flips", [(), ("hflip",), ("hflip", "vflip")])
+def test_compute_counted_in_the_graph_grows_with_the_views(flips):
+    """hemoseg_edge.build.flops counts what the file computes: the asymmetric model's one 3x3
+    conv is 2 * 9 multiply-adds per output pixel, and each view is one more pass."""
+    from hemoseg_edge.build.flops import conv_gflop
+
+    model = with_flip_tta(asymmetric_model(), flips) if flips else asymmetric_model()
+    assert conv_gflop(model) * 1e9 == pytest.approx((1 + len(flips)) * 2 * 9 * HW[0] * HW[1])

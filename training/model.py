@@ -56,19 +56,3 @@ def build_unet(input_hw: tuple[int | None, int | None] = (560, 576)) -> keras.Mo
     x = layers.Concatenate(name="head_concat")([x, inp])
     out = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="head")(x)
     return keras.Model(inp, out, name="hemoseg_unet")
-
-
-def conv_flops(model: keras.Model) -> int:
-    """Multiply-adds x 2 of all (depthwise) convolutions for one image (static-size model)."""
-    total = 0
-    for layer in model.layers:
-        if isinstance(layer, (layers.Conv2D, layers.DepthwiseConv2D)):
-            h, w = layer.output.shape[1:3]
-            kh, kw = layer.kernel_size
-            per_out = (
-                kh
-                * kw
-                * (1 if isinstance(layer, layers.DepthwiseConv2D) else layer.input.shape[-1])
-            )
-            total += 2 * h * w * per_out * layer.output.shape[-1]
-    return int(total)

@@ -42,9 +42,11 @@ class Entry:
         return self.eval.get("tta", "none")
 
     @property
-    def views(self) -> int:
-        """Network passes per frame: 1 + one per test-time flip in the graph."""
-        return 1 if self.tta == "none" else 1 + len(self.tta.split(","))
+    def gflop(self) -> float:
+        """Compute per frame, counted in the shipped FP32 file (test-time views included)."""
+        from hemoseg_edge.build.flops import conv_gflop
+
+        return conv_gflop(ENGINES / Path(self.eval["model"]).name)
 
 
 def parse_model(spec: str) -> Entry:
@@ -62,11 +64,10 @@ def parse_model(spec: str) -> Entry:
     )
 
 
-def architecture(arch: str) -> tuple[int, int, tuple[int, int], str]:
-    """(parameters, GFLOP x 1e9, input size, layer summary table) of an architecture."""
+def architecture(arch: str) -> tuple[int, tuple[int, int], str]:
+    """(parameters, input size, layer summary table) of an architecture."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     from training.export import ARCH_NAMES, architecture_input_hw, build_architecture
-    from training.model import conv_flops
 
     short = {v: k for k, v in ARCH_NAMES.items()}.get(arch, "unet")
     hw = architecture_input_hw(short)
@@ -83,7 +84,7 @@ def architecture(arch: str) -> tuple[int, int, tuple[int, int], str]:
             f"| {ly.name} | {type(ly).__name__} | {tuple(ly.output.shape[1:])} | "
             f"{ly.count_params():,} |"
         )
-    return m.count_params(), conv_flops(m), tuple(hw), "\n".join(rows)
+    return m.count_params(), tuple(hw), "\n".join(rows)
 
 
 def _f(v, digits: int = 4) -> str:
@@ -105,9 +106,9 @@ def comparison(entries: list[Entry], manifest: dict) -> list[str]:
 
     full = lambda e: e.test["full_resolution"]  # noqa: E731
     row("architecture", lambda e: e.arch)
-    row("input (H x W)", lambda e: "x".join(map(str, architecture(e.arch)[2])))
+    row("input (H x W)", lambda e: "x".join(map(str, architecture(e.arch)[1])))
     row("test-time augmentation (in the graph)", lambda e: e.tta)
-    row("GFLOP per frame", lambda e: f"{e.views * architecture(e.arch)[1] / 1e9:.1f}")
+    row("GFLOP per frame", lambda e: f"{e.gflop:.1f}")
     row("parameters", lambda e: f"{architecture(e.arch)[0]:,}")
     shipped = manifest.get("files", {})
     row(
@@ -138,7 +139,7 @@ def comparison(entries: list[Entry], manifest: dict) -> list[str]:
 
 def model_section(e: Entry, manifest: dict) -> list[str]:
     t = e.test
-    params, flops, hw, table = architecture(e.arch)
+    params, hw, table = architecture(e.arch)
     out = [f"## {e.name}: `{Path(e.eval['model']).name}`", ""]
     files = {k: v for k, v in manifest.get("files", {}).items() if v.get("version") == e.name}
     if files:
@@ -230,9 +231,10 @@ def model_section(e: Entry, manifest: dict) -> list[str]:
                 f"| {m['prob_max_abs_diff_vs_fp32']:.3f} | {m['seconds_per_image']} |"
             )
     out += ["", *training_section(e), "", "### Architecture", ""]
-    passes = f" x {e.views} views ({e.tta} test-time augmentation)" if e.views > 1 else ""
+    views = f", {e.tta} test-time augmentation included" if e.tta != "none" else ""
     out += [
-        f"{params:,} parameters, {flops / 1e9:.1f} GFLOP{passes} per {hw[0]}x{hw[1]} frame.",
+        f"{params:,} parameters, {e.gflop:.1f} GFLOP per {hw[0]}x{hw[1]} frame (counted in "
+        f"`{Path(e.eval['model']).name}`{views}).",
         "",
     ]
     out += ["<details><summary>layers</summary>", "", table, "", "</details>"]
