@@ -259,6 +259,18 @@ def training_section(e: Entry) -> list[str]:
         f"- {len(rows)} epochs logged, {secs / 3600:.2f} h of training steps "
         f"({2 * secs / 3600:.1f} CPU core-hours on 2 cores; validation excluded)",
     ]
+    if info.get("init") and not info.get("phases"):
+        recal = info.get("recal_init")
+        out.append(
+            f"- fine-tuned from `{Path(info['init']).name}`"
+            + (
+                f", its BatchNorm statistics first re-estimated on {recal} whole training images"
+                if recal
+                else ""
+            )
+            + ("; every BatchNorm frozen" if info.get("freeze_bn") else "")
+            + f"; lr {info['lr']}, exposure augmentation {info.get('exposure')}"
+        )
     for i, ph in enumerate(info.get("phases", []), start=1):
         start = Path(ph["init"]).name if ph.get("init") else "ImageNet encoder"
         out.append(
