@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ class Entry:
     def tta(self) -> str:
         return self.eval.get("tta", "none")
 
-    @property
+    @functools.cached_property
     def gflop(self) -> float:
         """Compute per frame, counted in the shipped FP32 file (test-time views included)."""
         from hemoseg_edge.build.flops import conv_gflop
@@ -64,6 +65,7 @@ def parse_model(spec: str) -> Entry:
     )
 
 
+@functools.cache  # builds the Keras network: once per architecture, not per row
 def architecture(arch: str) -> tuple[int, tuple[int, int], str]:
     """(parameters, input size, layer summary table) of an architecture."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
