@@ -65,9 +65,9 @@ bench: $(VENV)/.dev build
 	$(BIN)/python -m pytest benchmarks -q --benchmark-json=benchmarks/results.json
 	$(BIN)/python benchmarks/report.py benchmarks/results.json
 
-## card: re-measure every number in engines/MODEL_CARD.md (v4-v1: test set, DIARETDB1, precisions)
+## card: re-measure every number in engines/MODEL_CARD.md (v5-v1: test set, DIARETDB1, precisions)
 card: $(VENV)/.dev
-	for v in v4:hemoseg_mnv2_v4 v3:hemoseg_mnv2_v3 v2:hemoseg_mnv2_v2 v1:hemoseg_unet_v1; do n=$${v%%:*}; m=$${v#*:}; \
+	for v in v4:hemoseg_mnv2_v4 v3:hemoseg_mnv2_v3 v2:hemoseg_mnv2_v2 v5:hemoseg_unet_v5 v1:hemoseg_unet_v1; do n=$${v%%:*}; m=$${v#*:}; \
 	  $(BIN)/python -m training.evaluate --model engines/$$m.onnx --out engines/eval_$$n.json && \
 	  $(BIN)/python -m training.quantize_report --fp32 engines/$$m.onnx \
 	    --fp16 engines/$${m}_fp16.onnx --int8 engines/$${m}_int8.onnx \
@@ -76,6 +76,7 @@ card: $(VENV)/.dev
 	  --model v4=engines/eval_v4.json,engines/quantize_v4.json,engines/train_v3 \
 	  --model v3=engines/eval_v3.json,engines/quantize_v3.json,engines/train_v3 \
 	  --model v2=engines/eval_v2.json,engines/quantize_v2.json,engines/train_v2 \
+	  --model v5=engines/eval_v5.json,engines/quantize_v5.json,engines/train_v5 \
 	  --model v1=engines/eval_v1.json,engines/quantize_v1.json
 
 clean:

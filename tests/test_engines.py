@@ -621,7 +621,13 @@ SHIPPED_FAMILIES = {
         k: ENGINES / f"{family}{s}.onnx"
         for k, s in (("fp32", ""), ("fp16", "_fp16"), ("int8", "_int8"))
     }
-    for family in ("hemoseg_mnv2_v4", "hemoseg_mnv2_v3", "hemoseg_mnv2_v2", "hemoseg_unet_v1")
+    for family in (
+        "hemoseg_mnv2_v4",
+        "hemoseg_mnv2_v3",
+        "hemoseg_mnv2_v2",
+        "hemoseg_unet_v5",
+        "hemoseg_unet_v1",
+    )
 }
 MAX_DICE_DROP = {"fp16": 0.005, "int8": 0.01}
 
