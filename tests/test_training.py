@@ -419,6 +419,26 @@ def test_fine_tune_from_a_shipped_onnx_with_recalibrated_frozen_batchnorm(tiny_t
 
 @pytest.mark.data
 @pytest.mark.slow
+def test_input_size_is_a_training_choice_recorded_for_shipping(tiny_train, tmp_path):
+    """``--input-hw`` (how a model is fine-tuned at a larger field of view): the images are
+    preprocessed at that size, and run_info.json records it for ``training.ship``."""
+    import json
+
+    from training.data import cache_root
+    from training.train import parse_args
+
+    run = tmp_path / "run"
+    tiny_train(*CPU_TINY, "--run-dir", str(run), "--epochs", "1", "--input-hw", "64", "96")
+    assert json.loads((run / "run_info.json").read_text())["input_hw"] == [64, 96]
+    (cached,) = cache_root().glob("pre_64x96_*")
+    x = np.load(next(cached.glob("train_*.npz")))["x"]
+    assert x.shape == (64, 96)
+    with pytest.raises(SystemExit):  # not a multiple of 32: the encoder's strides need it
+        parse_args(["--input-hw", "64", "100"])
+
+
+@pytest.mark.data
+@pytest.mark.slow
 def test_paper_recipe_runs_on_fit(tiny_train, tmp_path):
     run = tmp_path / "paper"
     tiny_train("--recipe", "paper", "--epochs", "1", "--limit", "3", "--run-dir", str(run))

@@ -93,6 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="flip test-time augmentation in the graph, e.g. 'hflip' or 'hflip,vflip'",
     )
+    p.add_argument(
+        "--input-hw",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="the input size the weights were trained at (default: run_info.json's, else the "
+        "architecture's)",
+    )
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -104,8 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     from training.evaluate import tune_min_lesion_area, tune_threshold
     from training.export import architecture_input_hw, export
 
-    input_hw = architecture_input_hw(args.arch)
     run_info = json.loads(args.run_info.read_text()) if args.run_info else {}
+    trained_hw = run_info.get("input_hw")
+    if args.input_hw and trained_hw and list(args.input_hw) != list(trained_hw):
+        p.error(f"--input-hw {args.input_hw} but the run trained at {trained_hw}")
+    input_hw = tuple(args.input_hw or trained_hw or architecture_input_hw(args.arch))
     md = ModelMetadata(
         input_height=input_hw[0],
         input_width=input_hw[1],

@@ -137,6 +137,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="every BatchNorm in inference mode (use with --init weights whose statistics "
         "were recalibrated): no train/inference mismatch left",
     )
+    p.add_argument(
+        "--input-hw",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("H", "W"),
+        help="model input size (the field of view is resampled to it; multiples of 32): "
+        "default the architecture's (cpu/paper 560 576, mnv2 1120 1152)",
+    )
     p.add_argument("--precision", default="auto", help="auto|float32|mixed_bfloat16|mixed_float16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="one line per epoch, no progress bar")
@@ -150,6 +159,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.lesion_fraction = 0.5 if mnv2 else 0.6
     if args.lr is None:
         args.lr = 5e-4 if mnv2 else 1e-3
+    if args.input_hw is not None:
+        args.input_hw = tuple(args.input_hw)
+        if any(v <= 0 or v % 32 for v in args.input_hw):
+            p.error(f"--input-hw {args.input_hw}: both sides must be positive multiples of 32")
     return args
 
 
@@ -178,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
 
     mnv2 = args.recipe == "mnv2"
-    data_hw = INPUT_HW if mnv2 else DEFAULT_INPUT_HW
+    data_hw = args.input_hw or (INPUT_HW if mnv2 else DEFAULT_INPUT_HW)
     train = load_cached(idrid_items("train")[: args.limit], data_hw)
     val_items = idrid_items("val")
     if args.limit:
@@ -253,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         "recal_init": args.recal_init,
         "freeze_bn": bool(args.freeze_bn),
         "exposure": list(args.exposure),
+        "input_hw": list(data_hw),
     }
     print(json.dumps(info), flush=True)
     (run_dir / "run_info.json").write_text(json.dumps(info, indent=2))
