@@ -261,6 +261,10 @@ def training_section(e: Entry) -> list[str]:
         f"- {len(rows)} epochs logged, {secs / 3600:.2f} h of training steps "
         f"({2 * secs / 3600:.1f} CPU core-hours on 2 cores; validation excluded)",
     ]
+    if info.get("input_hw"):  # runs before --input-hw trained at the architecture's size
+        out.insert(
+            -1, f"- field of view resampled to {info['input_hw'][0]} x {info['input_hw'][1]}"
+        )
     if info.get("init") and not info.get("phases"):
         recal = info.get("recal_init")
         out.append(
@@ -337,8 +341,9 @@ def render(entries: list[Entry], manifest: dict) -> str:
         "## Reproduce",
         "",
         "`make card` re-measures every number above and re-renders this file. The steps that",
-        "made the shipped v4 files (v4 is v3's network with horizontal-flip test-time",
-        "augmentation in its graph; v3 fine-tunes v2's committed weights; v2 itself came from",
+        "made the shipped files (v6 fine-tunes v3's weights at a 1280 x 1312 field of view",
+        "and adds horizontal-flip test-time augmentation in its graph; v4 is v3's network with",
+        "that flip; v3 fine-tunes v2's committed weights; v2 itself came from",
         "`python -m training.train --recipe mnv2` in two phases, see its training history):",
         "",
         "```bash",
@@ -357,13 +362,25 @@ def render(entries: list[Entry], manifest: dict) -> str:
         "    --calib ../shared/data/idrid/images/train --calib-count 24 \\",
         "    --keep-float {,tta0/}head {,tta0/}features.0.conv {,tta0/}features.{1..17}.dw \\",
         "    --out engines/hemoseg_mnv2_v4_int8.onnx",
+        "R6=~/.cache/hemoseg-edge/runs/mnv2_v6  # v6, the default: v3 at 1280 x 1312",
+        "python -m training.train --recipe mnv2 --init engines/hemoseg_mnv2_v3.weights.h5 \\",
+        "    --input-hw 1280 1312 --recal-init 45 --freeze-bn --lr 1.25e-4 --lr-patience 3 \\",
+        "    --exposure 0.45,1.4 --epochs 30 --patience 6 --run-dir $R6",
+        "python -m training.ship --arch mnv2 --name hemoseg_mnv2_v6.onnx --version v6 \\",
+        "    --tta hflip --weights $R6/best.weights.h5 --run-info $R6/run_info.json",
+        "hemoseg-edge quantize engines/hemoseg_mnv2_v6.onnx --precision fp16 \\",
+        "    --out engines/hemoseg_mnv2_v6_fp16.onnx",
+        "hemoseg-edge quantize engines/hemoseg_mnv2_v6.onnx --precision int8 \\",
+        "    --calib ../shared/data/idrid/images/train --calib-count 24 \\",
+        "    --keep-float {,tta0/}head {,tta0/}features.0.conv {,tta0/}features.{1..17}.dw \\",
+        "    --out engines/hemoseg_mnv2_v6_int8.onnx",
         "R5=~/.cache/hemoseg-edge/runs/unet_v5  # v5: the paper's U-Net, v1 fine-tuned",
         "python -m training.train --recipe cpu --init engines/hemoseg_unet_v1.onnx \\",
         "    --recal-init 45 --freeze-bn --lr 2.5e-4 --lr-patience 3 --patch 256 \\",
         "    --patch-schedule '' --exposure 0.45,1.4 --patience 8 --run-dir $R5",
         "python -m training.ship --arch unet --name hemoseg_unet_v5.onnx --version v5 \\",
         "    --weights $R5/best.weights.h5 --run-info $R5/run_info.json \\",
-        "    --against hemoseg_unet_v1.onnx      # beats v1 on val; v4 stays the default",
+        "    --against hemoseg_unet_v1.onnx      # beats v1 on val (not v4/v6, the default)",
         "hemoseg-edge quantize engines/hemoseg_unet_v5.onnx --precision fp16 \\",
         "    --out engines/hemoseg_unet_v5_fp16.onnx",
         "hemoseg-edge quantize engines/hemoseg_unet_v5.onnx --precision int8 \\",

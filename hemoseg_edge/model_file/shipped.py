@@ -14,15 +14,15 @@ from pathlib import Path
 
 from ..errors import ModelError
 
-# Model v4: v3's network (v2's MobileNetV2-encoder U-Net at 1120x1152, fine-tuned with exposure
-# augmentation) with horizontal-flip test-time augmentation in its graph (engines/MODEL_CARD.md);
-# the default because it beat v3 on validation
-DEFAULT_MODEL = "hemoseg_mnv2_v4.onnx"
-FP16_MODEL = "hemoseg_mnv2_v4_fp16.onnx"
+# Model v6: v3's network fine-tuned at a larger field of view (1280x1312), with horizontal-flip
+# test-time augmentation in its graph (engines/MODEL_CARD.md); the default because it beat every
+# shipped model on validation (v4 before it)
+DEFAULT_MODEL = "hemoseg_mnv2_v6.onnx"
+FP16_MODEL = "hemoseg_mnv2_v6_fp16.onnx"
 # The INT8 Q/DQ variant: TensorRT's input, and the default where OpenVINO runs int8 natively
 # (see Segmenter.default_model; benchmarks/compare_int8.py for why not NNCF's)
-INT8_MODEL = "hemoseg_mnv2_v4_int8.onnx"
-# Whether the default path runs INT8_MODEL on OpenVINO. Not for v4 or v3 (the same network):
+INT8_MODEL = "hemoseg_mnv2_v6_int8.onnx"
+# Whether the default path runs INT8_MODEL on OpenVINO. Not for v6, v4 or v3 (that network):
 # OpenVINO's int8 kernels on v3's Q/DQ file lose 0.066 validation Dice against FP32 (0.553 vs
 # 0.619; ONNX Runtime's int8 of the same file: 0.617; measured on an AMD EPYC with
 # AVX512-VNNI; v2's int8 file there lost 0.028 on 3 test images, though it kept parity on the
