@@ -49,6 +49,15 @@ class Entry:
 
         return conv_gflop(ENGINES / Path(self.eval["model"]).name)
 
+    @functools.cached_property
+    def input_hw(self) -> tuple[int, int]:
+        """The input size in the shipped FP32 file's metadata (models of one architecture
+        differ: v6 is v3's network at 1280 x 1312)."""
+        from hemoseg_edge.model_file import onnx_metadata
+
+        path = ENGINES / Path(self.eval["model"]).name
+        return tuple(onnx_metadata(path.read_bytes(), path.name).input_hw)
+
 
 def parse_model(spec: str) -> Entry:
     name, _, files = spec.partition("=")
@@ -65,14 +74,13 @@ def parse_model(spec: str) -> Entry:
     )
 
 
-@functools.cache  # builds the Keras network: once per architecture, not per row
-def architecture(arch: str) -> tuple[int, tuple[int, int], str]:
-    """(parameters, input size, layer summary table) of an architecture."""
+@functools.cache  # builds the Keras network: once per architecture and size, not per row
+def architecture(arch: str, hw: tuple[int, int]) -> tuple[int, tuple[int, int], str]:
+    """(parameters, input size, layer summary table) of an architecture at input size ``hw``."""
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    from training.export import ARCH_NAMES, architecture_input_hw, build_architecture
+    from training.export import ARCH_NAMES, build_architecture
 
     short = {v: k for k, v in ARCH_NAMES.items()}.get(arch, "unet")
-    hw = architecture_input_hw(short)
     m = build_architecture(short, hw)
     rows = ["| layer | type | output (H, W, C) | params |", "|---|---|---|---|"]
     for ly in m.layers:
@@ -108,10 +116,10 @@ def comparison(entries: list[Entry], manifest: dict) -> list[str]:
 
     full = lambda e: e.test["full_resolution"]  # noqa: E731
     row("architecture", lambda e: e.arch)
-    row("input (H x W)", lambda e: "x".join(map(str, architecture(e.arch)[1])))
+    row("input (H x W)", lambda e: "x".join(map(str, e.input_hw)))
     row("test-time augmentation (in the graph)", lambda e: e.tta)
     row("GFLOP per frame", lambda e: f"{e.gflop:.1f}")
-    row("parameters", lambda e: f"{architecture(e.arch)[0]:,}")
+    row("parameters", lambda e: f"{architecture(e.arch, e.input_hw)[0]:,}")
     shipped = manifest.get("files", {})
     row(
         "*validation* AUPR (8 images, the choice)",
@@ -141,7 +149,7 @@ def comparison(entries: list[Entry], manifest: dict) -> list[str]:
 
 def model_section(e: Entry, manifest: dict) -> list[str]:
     t = e.test
-    params, hw, table = architecture(e.arch)
+    params, hw, table = architecture(e.arch, e.input_hw)
     out = [f"## {e.name}: `{Path(e.eval['model']).name}`", ""]
     files = {k: v for k, v in manifest.get("files", {}).items() if v.get("version") == e.name}
     if files:
