@@ -93,8 +93,10 @@ def _assert_same_result(dev, cpu, prob_tol: float) -> None:
 
 @pytest.mark.slow
 def test_device_path_equals_cpu_path_on_a_real_image(kernel_lib, monkeypatch):
-    """The shipped model on examples/IDRiD_55.jpg: probabilities within 1e-5, same mask and
-    lesions, with the tensor made by the kernel's arithmetic instead of the CPU reference."""
+    """The shipped model on examples/IDRiD_55.jpg: probabilities within 5e-5, same mask and
+    lesions, with the tensor made by the kernel's arithmetic instead of the CPU reference.
+    (The tensors agree within 1e-6, test_cuda_kernel; v6's deeper, larger view amplifies that
+    to 1.8e-5 in probability, v4's to under 1e-5: the bound is on the model's output.)"""
     if not SHIPPED.is_file() or not EXAMPLE.is_file():
         pytest.skip(f"needs {SHIPPED.name} and {EXAMPLE.name} in the repository")
     cpu = Segmenter.from_engine(SHIPPED, backend="onnxruntime")
@@ -113,7 +115,7 @@ def test_device_path_equals_cpu_path_on_a_real_image(kernel_lib, monkeypatch):
     assert not more
     assert frame is image.frame  # the decoded frame itself, not a copy or a crop
     assert box == tuple(float(v) for v in pre.fov.box)
-    _assert_same_result(got, want, 1e-5)
+    _assert_same_result(got, want, 5e-5)
     assert got.model["backend"] == backend.name
     diff = float(np.abs(got.probability - want.probability).max())
     print(f"\n{EXAMPLE.name}: max |device path - CPU path| probability = {diff:.3g}")
