@@ -22,7 +22,7 @@ from PIL import Image
 
 from hemoseg_edge.errors import BackendUnavailableError, HemosegError
 from hemoseg_edge.metrics import Counts, confusion, dice, iou
-from hemoseg_edge.model_file.shipped import OPENVINO_RUNS_INT8
+from hemoseg_edge.model_file.shipped import OPENVINO_PRECISION, OPENVINO_RUNS_INT8
 from hemoseg_edge.segmenter import Segmenter
 
 # |pooled Dice (and IoU) - FP32 ONNX Runtime's| may not exceed these
@@ -147,6 +147,11 @@ def record(benchmark, result, reference, images, backend, precision, model, vid)
         agreement_dice=round(dice(agree), 5),
         tolerance=tol,
     )
+    if backend == "openvino" and precision == "bf16" and OPENVINO_PRECISION != "auto":
+        # measured and reported, not asserted: the default path asks OpenVINO for f32
+        # (v6 in bf16 moved 0.012 Dice on this subset; model_file.shipped)
+        benchmark.extra_info["parity"] = "not asserted: off the default path"
+        return
     if backend == "openvino" and precision == "int8" and not OPENVINO_RUNS_INT8:
         # measured and reported, not asserted: the default path does not run INT8 on OpenVINO
         # (its int8 kernels lost 0.066 validation Dice on an AMD host; model_file.shipped)

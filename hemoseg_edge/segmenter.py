@@ -34,6 +34,7 @@ from .inputs import LoadedImage, load_image
 from .model_file import (
     DEFAULT_MODEL,
     OPENVINO_INT8_MODEL,
+    OPENVINO_PRECISION,
     ModelMetadata,
     default_model_path,
     model_metadata,
@@ -181,6 +182,8 @@ class Segmenter:
         wants_ov = backend == "openvino" or (
             backend == "auto" and auto_choice(available()) == "openvino"
         )
+        if wants_ov and fp32_name == DEFAULT_MODEL:  # the precision that keeps parity
+            kw.setdefault("precision", OPENVINO_PRECISION)
         if int8_name and wants_ov and INT8_FLAGS & (cpu_flags() or frozenset()):
             try:
                 path = default_model_path(int8_name)
