@@ -143,6 +143,11 @@ class Segmenter:
                 **backend_options,
             )
         path = Path(path)
+        wants_ov = backend == "openvino" or (
+            backend == "auto" and auto_choice(available()) == "openvino"
+        )
+        if wants_ov and path.name == DEFAULT_MODEL:  # by name: the archive spools it by path
+            backend_options.setdefault("precision", OPENVINO_PRECISION)  # the parity precision
         data, kind = read_model(path)
         sha256 = hashlib.sha256(data).hexdigest()
         source = str(path)
@@ -182,8 +187,6 @@ class Segmenter:
         wants_ov = backend == "openvino" or (
             backend == "auto" and auto_choice(available()) == "openvino"
         )
-        if wants_ov and fp32_name == DEFAULT_MODEL:  # the precision that keeps parity
-            kw.setdefault("precision", OPENVINO_PRECISION)
         if int8_name and wants_ov and INT8_FLAGS & (cpu_flags() or frozenset()):
             try:
                 path = default_model_path(int8_name)

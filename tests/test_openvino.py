@@ -11,9 +11,17 @@ from conftest import make_tiny_onnx
 
 from hemoseg_edge.backends import auto_choice, load_backend
 from hemoseg_edge.backends.onnxruntime import OnnxRuntimeBackend
+from hemoseg_edge.cpu import has_native_bf16
 from hemoseg_edge.errors import ModelError
 from hemoseg_edge.model_file.metadata import ModelMetadata
-from hemoseg_edge.model_file.shipped import DEFAULT_MODEL, INT8_MODEL, OPENVINO_RUNS_INT8
+from hemoseg_edge.model_file.shipped import (
+    DEFAULT_MODEL,
+    INT8_MODEL,
+    OPENVINO_PRECISION,
+    OPENVINO_RUNS_INT8,
+    PREVIOUS_MODEL,
+    default_model_path,
+)
 from hemoseg_edge.segmenter import Segmenter
 
 ov = pytest.importorskip("openvino")
@@ -57,7 +65,8 @@ def test_tiny_model_matches_onnxruntime(tmp_path, precision, tol):
     assert got.shape == ref.shape and got.dtype == np.float32
     assert np.abs(got - ref).max() <= tol
     assert be.input_spec.shape == (1, 1, 560, 576)
-    want = "f32" if precision == "fp32" else "bf16"
+    # bf16 where the CPU computes in it; OpenVINO compiles f32 on an AVX2-only host
+    want = "bf16" if precision == "bf16" and has_native_bf16() else "f32"
     assert be.providers == [f"CPU:{want}"] or not X86
 
 
@@ -235,6 +244,27 @@ def test_default_model_variant_follows_backend_and_cpu(monkeypatch, backend, fla
     seg = Segmenter.from_engine(None, backend=backend)
     assert os.path.basename(seg.source) == (want or DEFAULT_MODEL)
     assert seg.metadata.precision == ("int8" if "int8" in seg.source else "fp32")
+
+
+def test_shipped_model_gets_its_parity_precision_by_any_route(monkeypatch, tmp_path):
+    """The default model runs on OpenVINO at ``OPENVINO_PRECISION`` whether it is loaded as
+    the default or by path (the archive's workers load a spooled copy by path): otherwise an
+    AMX host would run bf16 there and the archive's rows would differ from ``segment``'s."""
+    import shutil
+
+    import hemoseg_edge.backends.openvino as ovmod
+
+    asked: list[str] = []
+    real = ovmod.choose_precision
+    monkeypatch.setattr(
+        ovmod, "choose_precision", lambda req, *a: asked.append(req) or real(req, *a)
+    )
+    spooled = tmp_path / DEFAULT_MODEL
+    shutil.copy(default_model_path(), spooled)
+    for path in (None, spooled):
+        Segmenter.from_engine(path, backend="openvino").backend.close()
+    Segmenter.from_engine(default_model_path(PREVIOUS_MODEL), backend="openvino").backend.close()
+    assert asked == [OPENVINO_PRECISION, OPENVINO_PRECISION, "auto"]
 
 
 @pytest.mark.train
