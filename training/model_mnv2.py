@@ -40,32 +40,49 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 BN_EPS = 1e-5
 
 
+def _sep() -> str:
+    """Layer names follow torchvision's keys ("features.3.dw") so that ONNX node names (the INT8
+    ``--keep-float`` lists) stay as shipped; Keras' torch backend registers each variable under
+    its path as a torch parameter, which may not contain ".", so there "_" stands in. Weight
+    files do not store layer names (``layers/conv2d_3/...``): one file loads on every backend."""
+    return "_" if keras.backend.backend() == "torch" else "."
+
+
+def layer_name(idx: int, part: str) -> str:
+    """The encoder layer of torchvision's ``features.<idx>`` block, e.g. (3, "dw")."""
+    s = _sep()
+    return f"features{s}{idx}{s}{part}"
+
+
 def _bn(name):
     return layers.BatchNormalization(epsilon=BN_EPS, momentum=0.99, name=name)
 
 
 def _inverted_residual(x, cin, cout, stride, t, idx):
-    p = f"features.{idx}"
     h = x
     if t != 1:
-        h = layers.Conv2D(cin * t, 1, use_bias=False, name=f"{p}.expand")(h)
-        h = _bn(f"{p}.expand_bn")(h)
-        h = layers.ReLU(max_value=6.0, name=f"{p}.expand_relu")(h)
-    h = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{p}.dw")(h)
-    h = _bn(f"{p}.dw_bn")(h)
-    h = layers.ReLU(max_value=6.0, name=f"{p}.dw_relu")(h)
-    h = layers.Conv2D(cout, 1, use_bias=False, name=f"{p}.project")(h)
-    h = _bn(f"{p}.project_bn")(h)
+        h = layers.Conv2D(cin * t, 1, use_bias=False, name=layer_name(idx, "expand"))(h)
+        h = _bn(layer_name(idx, "expand_bn"))(h)
+        h = layers.ReLU(max_value=6.0, name=layer_name(idx, "expand_relu"))(h)
+    h = layers.DepthwiseConv2D(
+        3, strides=stride, padding="same", use_bias=False, name=layer_name(idx, "dw")
+    )(h)
+    h = _bn(layer_name(idx, "dw_bn"))(h)
+    h = layers.ReLU(max_value=6.0, name=layer_name(idx, "dw_relu"))(h)
+    h = layers.Conv2D(cout, 1, use_bias=False, name=layer_name(idx, "project"))(h)
+    h = _bn(layer_name(idx, "project_bn"))(h)
     if stride == 1 and cin == cout:
-        h = layers.Add(name=f"{p}.add")([x, h])
+        h = layers.Add(name=layer_name(idx, "add"))([x, h])
     return h
 
 
 def build_mnv2_unet(input_hw: tuple[int | None, int | None] = INPUT_HW) -> keras.Model:
     inp = keras.Input(shape=(*input_hw, 1), name="image")
-    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=True, name="features.0.conv")(inp)
-    x = _bn("features.0.bn")(x)
-    x = layers.ReLU(max_value=6.0, name="features.0.relu")(x)
+    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=True, name=layer_name(0, "conv"))(
+        inp
+    )
+    x = _bn(layer_name(0, "bn"))(x)
+    x = layers.ReLU(max_value=6.0, name=layer_name(0, "relu"))(x)
     feats, cin, idx = [], 32, 1
     for t, c, n, s in SETTING:
         for i in range(n):
@@ -86,7 +103,7 @@ def build_mnv2_unet(input_hw: tuple[int | None, int | None] = INPUT_HW) -> keras
 
 
 def encoder_layers(model: keras.Model) -> list[layers.Layer]:
-    return [layer for layer in model.layers if layer.name.startswith("features.")]
+    return [layer for layer in model.layers if layer.name.startswith(f"features{_sep()}")]
 
 
 def load_imagenet(model: keras.Model, state: dict[str, np.ndarray]) -> int:
@@ -120,24 +137,24 @@ def load_imagenet(model: keras.Model, state: dict[str, np.ndarray]) -> int:
     w = state["features.0.0.weight"]  # (32, 3, 3, 3)
     w_grey = (w / IMAGENET_STD[None, :, None, None]).sum(axis=1, keepdims=True)
     bias = -(w * (IMAGENET_MEAN / IMAGENET_STD)[None, :, None, None]).sum(axis=(1, 2, 3))
-    conv("features.0.conv", w_grey)
-    names["features.0.conv"].bias.assign(bias)
-    bn("features.0.bn", "features.0.1")
+    conv(layer_name(0, "conv"), w_grey)
+    names[layer_name(0, "conv")].bias.assign(bias)
+    bn(layer_name(0, "bn"), "features.0.1")
     idx = 1
     for t, _c, rep, _s in SETTING:
         for _ in range(rep):
             p = f"features.{idx}.conv"
             if t == 1:
-                dw(f"features.{idx}.dw", state[f"{p}.0.0.weight"])
-                bn(f"features.{idx}.dw_bn", f"{p}.0.1")
-                conv(f"features.{idx}.project", state[f"{p}.1.weight"])
-                bn(f"features.{idx}.project_bn", f"{p}.2")
+                dw(layer_name(idx, "dw"), state[f"{p}.0.0.weight"])
+                bn(layer_name(idx, "dw_bn"), f"{p}.0.1")
+                conv(layer_name(idx, "project"), state[f"{p}.1.weight"])
+                bn(layer_name(idx, "project_bn"), f"{p}.2")
             else:
-                conv(f"features.{idx}.expand", state[f"{p}.0.0.weight"])
-                bn(f"features.{idx}.expand_bn", f"{p}.0.1")
-                dw(f"features.{idx}.dw", state[f"{p}.1.0.weight"])
-                bn(f"features.{idx}.dw_bn", f"{p}.1.1")
-                conv(f"features.{idx}.project", state[f"{p}.2.weight"])
-                bn(f"features.{idx}.project_bn", f"{p}.3")
+                conv(layer_name(idx, "expand"), state[f"{p}.0.0.weight"])
+                bn(layer_name(idx, "expand_bn"), f"{p}.0.1")
+                dw(layer_name(idx, "dw"), state[f"{p}.1.0.weight"])
+                bn(layer_name(idx, "dw_bn"), f"{p}.1.1")
+                conv(layer_name(idx, "project"), state[f"{p}.2.weight"])
+                bn(layer_name(idx, "project_bn"), f"{p}.3")
             idx += 1
     return n
