@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MODEL ?=
 
-.PHONY: demo test bench card build lint typecheck pytest gpu-check clean system-deps
+.PHONY: demo test bench card build lint typecheck pytest gpu-check gpu-pack clean system-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -59,6 +59,17 @@ test: system-deps lint typecheck pytest
 GPU_CHECK_ARGS ?=
 gpu-check: $(VENV)/.dev build
 	$(BIN)/python tools/gpu_check.py $(GPU_CHECK_ARGS)
+
+## gpu-pack: what a lent GPU's training run carries (.gpu/, ignored by git): the train+val
+## images preprocessed at GPU_HW (training.pack, ~35 MB at 1280 x 1312) and the Keras wheels
+## for the GPU machine's Python 3.12; tools/gpu_train.sh says how to run it
+GPU_HW ?= 1280 1312
+GPU_WHEELS := keras==3.15.1 namex==0.1.0 optree==0.20.0
+gpu-pack: $(VENV)/.dev
+	$(BIN)/python -m training.pack --input-hw $(GPU_HW) --out .gpu/data
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  -d .gpu/wheels $(GPU_WHEELS)
 
 ## bench: full benchmark suite, then regenerate BENCHMARKS.md
 bench: $(VENV)/.dev build

@@ -17,6 +17,7 @@ Data decisions:
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,16 @@ class Item:
     split: str  # train | val | test | ddb1
 
 
+# a packed data root (``training.pack``: preprocessed train + val, no photographs) lists its
+# items here instead of holding images
+PACK_INDEX = "pack.json"
+
+
 def idrid_items(split: str, root: Path | None = None) -> list[Item]:
     """``split`` in {"train", "val", "test", "train_all"}; train excludes VAL_IDS and IDRiD_43."""
     root = (root or data_root()) / "idrid"
+    if not (root / "images").exists() and (root / PACK_INDEX).exists():
+        return _packed_items(root, split)
     folder = "test" if split == "test" else "train"
     items = []
     for img in sorted((root / "images" / folder).glob("IDRiD_*.jpg")):
@@ -84,6 +92,16 @@ def idrid_items(split: str, root: Path | None = None) -> list[Item]:
     return items
 
 
+def _packed_items(root: Path, split: str) -> list[Item]:
+    wanted = {"train": ("train",), "val": ("val",), "train_all": ("train", "val")}.get(split, ())
+    entries = json.loads((root / PACK_INDEX).read_text())["items"]
+    return [
+        Item(e["id"], root / f"{e['id']}_x.png", root / f"{e['id']}_y.png", e["split"])
+        for e in sorted(entries, key=lambda e: e["id"])
+        if e["split"] in wanted
+    ]
+
+
 def ddb1_items(root: Path | None = None) -> list[Item]:
     root = (root or data_root()) / "diaretdb1"
     items = []
@@ -93,15 +111,16 @@ def ddb1_items(root: Path | None = None) -> list[Item]:
     return items
 
 
-def read_mask(item: Item) -> np.ndarray:
-    """Full-resolution boolean hemorrhage mask for an item."""
+def read_mask(item: Item, any_grader: bool = False) -> np.ndarray:
+    """Full-resolution boolean hemorrhage mask for an item; DIARETDB1 at the official
+    confidence >= 0.75, or (``any_grader``) wherever any expert marked hemorrhage."""
     if item.mask is None:
         raise FileNotFoundError(f"{item.id}: no mask")
     arr = np.array(Image.open(item.mask))
     if arr.ndim == 3:
         arr = arr[..., 0]
     if item.split == "ddb1":
-        return arr >= DDB1_HE_THRESHOLD
+        return arr > 0 if any_grader else arr >= DDB1_HE_THRESHOLD
     return arr > 0
 
 
@@ -120,9 +139,14 @@ def prepare(item: Item, model_hw: tuple[int, int] = DEFAULT_INPUT_HW) -> Example
     return Example(item.id, pre.tensor[0, 0], np.clip(y, 0.0, 1.0), pre.geometry)
 
 
+def cache_folder(model_hw: tuple[int, int]) -> Path:
+    """Where ``load_cached`` keeps the examples of one input size and preprocessing spec."""
+    return cache_root() / f"pre_{model_hw[0]}x{model_hw[1]}_{spec_sha256()[:12]}"
+
+
 def load_cached(items: list[Item], model_hw: tuple[int, int] = DEFAULT_INPUT_HW) -> list[Example]:
     """Preprocess (or read from the on-disk cache) every item."""
-    folder = cache_root() / f"pre_{model_hw[0]}x{model_hw[1]}_{spec_sha256()[:12]}"
+    folder = cache_folder(model_hw)
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for item in items:
@@ -139,6 +163,11 @@ def load_cached(items: list[Item], model_hw: tuple[int, int] = DEFAULT_INPUT_HW)
             )
             out.append(Example(item.id, z["x"], z["y"].astype(np.float32) / 255.0, geo))
             continue
+        if item.mask is not None and item.mask.name.endswith("_y.png"):  # a packed item
+            raise FileNotFoundError(
+                f"{f} missing: fill the cache from the pack first (python -m training.pack "
+                f"--unpack, the pack's input size must be {model_hw[0]} {model_hw[1]})"
+            )
         ex = prepare(item, model_hw)
         tmp = f.with_suffix(".tmp.npz")
         g = ex.geometry
