@@ -3,7 +3,7 @@
 #
 # The device tool sends the working tree (tracked and untracked files) plus what `carry` names,
 # 64 MiB in all; engines/ holds ~230 MB of shipped models. `out` moves every engine binary but
-# KEEP (the --init weights of tools/gpu_train.sh) to STASH and prints what would travel; `back`
+# KEEP (space-separated; default the --init weights of tools/gpu_train.sh) to STASH and prints what would travel; `back`
 # returns them. If a session ends between the two, `git checkout -- engines` restores them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +13,7 @@ case "${1:-}" in
 out)
     mkdir -p "$STASH"
     for f in engines/*.onnx engines/*.h5; do
-        [ "$f" = "$KEEP" ] || mv "$f" "$STASH/"
+        case " $KEEP " in *" $f "*) ;; *) mv "$f" "$STASH/" ;; esac
     done
     tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) |
         xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1) || true  # moved files: du fails
