@@ -175,3 +175,28 @@ def threshold_for_sensitivity(positive_scores: list[float], target: float) -> fl
     ordered = sorted(float(s) for s in positive_scores)
     misses = int(np.floor((1.0 - target) * len(ordered) + 1e-9))
     return ordered[misses]
+
+
+def roc_auc(positive_scores: list[float], negative_scores: list[float]) -> float:
+    """Area under the ROC curve: the chance that a positive image outscores a negative one
+    (ties count half); raises ValueError when either list is empty."""
+    if not positive_scores or not negative_scores:
+        raise ValueError("ROC AUC needs at least one positive and one negative score")
+    pos = np.asarray(positive_scores, np.float64)[:, None]
+    neg = np.asarray(negative_scores, np.float64)[None, :]
+    return float(np.mean((pos > neg) + 0.5 * (pos == neg)))
+
+
+def roc_points(
+    positive_scores: list[float], negative_scores: list[float]
+) -> list[tuple[float, float, float]]:
+    """(threshold, sensitivity, specificity) at every distinct score, highest threshold first;
+    an image is called positive when its score is >= the threshold."""
+    pos = np.asarray(positive_scores, np.float64)
+    neg = np.asarray(negative_scores, np.float64)
+    out = []
+    for t in sorted(set(pos.tolist()) | set(neg.tolist()), reverse=True):
+        sens = float(np.mean(pos >= t)) if pos.size else 0.0
+        spec = float(np.mean(neg < t)) if neg.size else 1.0
+        out.append((t, sens, spec))
+    return out

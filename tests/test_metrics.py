@@ -99,3 +99,16 @@ def test_eleven_point_trapezoid_aupr_by_hand():
     # 0.8, 0.9: r=.5, p=1; 1.0: r=0, p=1 (empty). Recall changes only 0.5->0.6 and 0.9->1.0:
     want = 0.5 * (2 / 3 + 0.5) / 2 + 0.5 * (1.0 + 1.0) / 2
     assert h.aupr_trapezoid() == pytest.approx(want)
+
+
+def test_roc_auc_and_points_by_hand():
+    pos, neg = [0.9, 0.8, 0.4], [0.7, 0.4, 0.1]
+    # pairs (pos > neg): 0.9 beats 3, 0.8 beats 3, 0.4 beats 0.1 and ties 0.4 -> (3+3+1.5)/9
+    assert m.roc_auc(pos, neg) == pytest.approx(7.5 / 9)
+    assert m.roc_auc([1.0], [0.0]) == 1.0 and m.roc_auc([0.0], [1.0]) == 0.0
+    pts = m.roc_points(pos, neg)
+    assert pts[0] == (0.9, pytest.approx(1 / 3), 1.0)
+    assert (0.4, 1.0, pytest.approx(1 / 3)) in pts  # the tie at 0.4 counts as positive
+    assert pts[-1] == (0.1, 1.0, 0.0)
+    with pytest.raises(ValueError):
+        m.roc_auc([], [0.5])

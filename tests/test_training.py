@@ -586,3 +586,129 @@ def test_min_lesion_area_is_bounded_by_lesion_recall():
     # the Dice bound still applies, and a tie goes to the smaller area
     costly = [row(0.0, 0.60, 0.70, 0.50), row(4.0, 0.58, 0.70, 0.70), row(8.0, 0.60, 0.70, 0.50)]
     assert choose_min_lesion_area(costly) == 0.0
+
+
+def test_lesion_free_proxy_removes_true_lesions_and_their_halo_only():
+    from training.image_level import proxy_roc, without_true_lesions
+
+    prob = np.zeros((64, 64), np.float32)
+    prob[6:30, 8:12] = 0.4  # the halo of a true lesion, reaching far past the outline
+    prob[10:14, 8:12] = 0.95
+    prob[40:43, 40:43] = 0.9  # a false alarm: no ground truth near it
+    prob[50:53, 8:11] = 0.2  # below half the threshold: background, kept
+    truth = np.zeros((64, 64), bool)
+    truth[11:13, 9:11] = True
+    out = without_true_lesions(prob, truth, threshold=0.6)
+    assert out[6:30, 8:12].max() == 0.0  # outline, halo chain and its margin are gone
+    np.testing.assert_array_equal(out[40:43, 40:43], prob[40:43, 40:43])
+    np.testing.assert_array_equal(out[50:53, 8:11], prob[50:53, 8:11])
+    assert out.dtype == np.float32 and prob[10, 8] == 0.95  # the input is not modified
+    # with no ground truth nothing is removed
+    np.testing.assert_array_equal(without_true_lesions(prob, np.zeros_like(truth), 0.6), prob)
+
+    roc = proxy_roc({"a": 0.99, "b": 0.97}, {"a": 0.98, "b": 0.5}, operating_point=0.975)
+    assert roc["proxy_roc_auc"] == 0.75  # 0.99 beats both, 0.97 beats 0.5 but not 0.98
+    assert roc["proxy_specificity"] == 0.5  # the proxy of "a" (0.98) is a false alarm at 0.975
+    assert proxy_roc({"a": 0.9}, {"a": 0.1}, None)["proxy_specificity"] is None
+
+
+def test_committed_model_card_is_rendered_from_the_committed_measurements(tmp_path):
+    """MODEL_CARD.md is what ``make card``'s last step renders from engines/eval_*.json,
+    quantize_*.json and the training logs: no number in it is typed by hand."""
+    import re
+
+    from training.model_card import main
+
+    makefile = (REPO / "Makefile").read_text()
+    models = re.findall(r"--model (v\d+=\S+)", makefile)
+    assert len(models) >= 2
+    argv = [a for m in models for a in ("--model", m)] + ["--out", str(tmp_path / "card.md")]
+    cwd = os.getcwd()
+    try:
+        os.chdir(REPO)
+        assert main(argv) == 0
+    finally:
+        os.chdir(cwd)
+    assert (tmp_path / "card.md").read_text() == (REPO / "engines" / "MODEL_CARD.md").read_text()
+
+
+def test_packed_data_trains_as_the_photographs_do(tmp_path, monkeypatch):
+    """A pack (what travels to a GPU machine) gives load_cached the reference examples to
+    within the PNG's 0.5/255 rounding, lists train/val without photographs, and refuses a pack
+    of another preprocessing spec or an unfilled cache with a clear error."""
+    require_data()
+    import json
+
+    from training.data import idrid_items, load_cached, prepare
+    from training.pack import main as pack_main
+
+    hw = (320, 352)
+    ids = ["IDRiD_01", "IDRiD_02"]  # one train, one validation image
+    monkeypatch.setenv("HEMOSEG_CACHE", str(tmp_path / "cache_here"))
+    from training.pack import pack
+
+    pack(tmp_path / "pack", hw, ids)
+    pack(tmp_path / "again", hw, ids)  # from the cache this time (numpy scalars in geometry)
+    for name in ("pack.json", "IDRiD_02_x.png"):
+        a, b = (tmp_path / d / "idrid" / name for d in ("pack", "again"))
+        assert a.read_bytes() == b.read_bytes()
+    reference = {i.id: prepare(i, hw) for i in idrid_items("train_all") if i.id in ids}
+
+    monkeypatch.setenv("HEMOSEG_DATA", str(tmp_path / "pack"))
+    monkeypatch.setenv("HEMOSEG_CACHE", str(tmp_path / "cache_there"))
+    assert [i.id for i in idrid_items("train")] == ["IDRiD_01"]
+    assert [i.id for i in idrid_items("val")] == ["IDRiD_02"]
+    assert idrid_items("test") == []
+    with pytest.raises(FileNotFoundError, match="training.pack --unpack"):
+        load_cached(idrid_items("train"), hw)
+    assert pack_main(["--unpack"]) == 0
+    for ex in load_cached(idrid_items("train_all"), hw):
+        ref = reference[ex.id]
+        assert np.abs(ex.x - ref.x).max() <= 0.5 / 255 + 1e-6
+        np.testing.assert_allclose(ex.y, np.round(ref.y * 255) / 255, atol=1e-6)
+        assert ex.geometry == ref.geometry
+
+    index = tmp_path / "pack" / "idrid" / "pack.json"
+    d = json.loads(index.read_text())
+    d["preprocess_sha256"] = "0" * 64
+    index.write_text(json.dumps(d))
+    assert pack_main(["--unpack"]) == 1
+
+
+def test_mobilenet_unet_variable_paths_suit_the_torch_backend(monkeypatch):
+    """Keras' torch backend registers each variable path as a torch parameter name, which may
+    not contain "." (the build failed there); on TensorFlow the names stay torchvision's."""
+    import keras
+
+    from training import model_mnv2
+
+    tf_names = {ly.name for ly in model_mnv2.build_mnv2_unet((64, 64)).layers}
+    assert "features.3.dw" in tf_names
+    monkeypatch.setattr(keras.backend, "backend", lambda: "torch")
+    model = model_mnv2.build_mnv2_unet((64, 64))
+    assert not [v.path for v in model.variables if "." in v.path]
+    assert "features_3_dw" in {ly.name for ly in model.layers}
+    assert len(model_mnv2.encoder_layers(model)) == len(
+        [n for n in tf_names if n.startswith("features.")]
+    )
+
+
+def test_candidate_image_scores_by_hand():
+    from types import SimpleNamespace
+
+    from hemoseg_edge.preprocess import Geometry
+    from training.image_level import candidate_scores
+
+    hw = (64, 64)
+    g = Geometry((640, 640), (640, 640), hw, (0.0, 0.0, 640.0, 640.0), (320.0, 320.0), 300.0)
+    prob = np.zeros(hw, np.float32)
+    prob[20:24, 20:24] = 0.75  # 16 px, mass 12
+    prob[40:42, 40:43] = 1.0  # 6 px, mass 6
+    prob[30, 50] = 0.9  # 1 px: under the minimum area
+    s = candidate_scores(prob, SimpleNamespace(geometry=g, threshold=0.5, min_lesion_model_px=2))
+    # a 3x3 box inside the 0.75 block (0.75) beats the 1.0 block's best box (6/9)
+    assert s["peak3x3"] == pytest.approx(0.75)
+    assert s["peak9x9"] == pytest.approx(12.0 / 81)
+    assert s["largest_lesion_mass"] == pytest.approx(12.0)
+    assert s["total_lesion_mass"] == pytest.approx(18.0)
+    assert s["lesion_count"] == 2

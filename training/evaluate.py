@@ -31,6 +31,7 @@ from hemoseg_edge.model_file.shipped import DEFAULT_MODEL
 from hemoseg_edge.preprocess import preprocess_mask
 from hemoseg_edge.segmenter import Segmenter
 from training.data import ddb1_items, idrid_items, load_cached, read_mask
+from training.image_level import lesion_free_score, proxy_roc
 
 
 def _full_prob(result) -> np.ndarray:
@@ -146,7 +147,7 @@ def choose_min_lesion_area(
 def evaluate_idrid(seg: Segmenter, items, threshold: float, bins: int = 1000) -> dict:
     hist_full, hist_model = M.PrHistogram(bins), M.PrHistogram(bins)
     total, total_model = M.Counts(0, 0, 0, 0), M.Counts(0, 0, 0, 0)
-    per_image, scores, verdicts, lesion_stats = {}, {}, {}, []
+    per_image, scores, verdicts, proxy, lesion_stats = {}, {}, {}, {}, []
     t0 = time.time()
     for item in items:
         r = seg.segment(item.image)
@@ -162,6 +163,7 @@ def evaluate_idrid(seg: Segmenter, items, threshold: float, bins: int = 1000) ->
         per_image[item.id] = round(M.dice(c), 4)
         lesion_stats.append(lesion_level(pred, truth))
         scores[item.id] = round(r.image_score, 4)
+        proxy[item.id] = round(lesion_free_score(r, truth), 4)
         verdicts[item.id] = r.hemorrhage_detected
         print(f"  {item.id}: dice {M.dice(c):.4f}", file=sys.stderr, flush=True)
     hits = sum(s["hit"] for s in lesion_stats)
@@ -189,7 +191,7 @@ def evaluate_idrid(seg: Segmenter, items, threshold: float, bins: int = 1000) ->
                 float(np.mean([s["false_positive"] for s in lesion_stats])), 2
             ),
         },
-        "image_level": _image_level(scores, verdicts),
+        "image_level": _image_level(scores, verdicts, proxy, _operating_point(seg)),
         "seconds": round(time.time() - t0, 1),
     }
 
@@ -214,19 +216,40 @@ def lesion_level(pred: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
-def _image_level(scores: dict, verdicts: dict) -> dict:
-    """Image-level detection over images that all have hemorrhage: sensitivity only."""
+def _operating_point(seg: Segmenter) -> float | None:
+    md = seg.metadata
+    return md.image_threshold if md.has_image_threshold else None
+
+
+def _image_level(scores: dict, verdicts: dict, proxy: dict, operating_point) -> dict:
+    """Image-level detection over images that all have hemorrhage (sensitivity), and the
+    ROC against each image's lesion-free proxy (``training.image_level``)."""
     known = [v for v in verdicts.values() if v is not None]
     return {
         "scores": scores,
         "detected": sum(known) if known else None,
         "sensitivity": round(sum(known) / len(known), 4) if known else None,
-        "note": "every labelled image here has hemorrhage: specificity is not measurable",
+        "operating_point": operating_point,
+        **proxy_roc(scores, proxy, operating_point),
+        "note": "every labelled image here has hemorrhage: specificity on healthy eyes is "
+        "not measurable; the proxy negatives stand in for it",
     }
 
 
+def evaluate_validation_image_level(seg: Segmenter, items) -> dict:
+    """The image score's ROC on the validation images (positives and lesion-free proxies):
+    what the operating point was chosen on."""
+    scores, proxy, verdicts = {}, {}, {}
+    for item in items:
+        r = seg.segment(item.image)
+        scores[item.id] = round(r.image_score, 4)
+        proxy[item.id] = round(lesion_free_score(r, read_mask(item)), 4)
+        verdicts[item.id] = r.hemorrhage_detected
+    return {"images": len(items), **_image_level(scores, verdicts, proxy, _operating_point(seg))}
+
+
 def evaluate_ddb1(seg: Segmenter, items) -> dict:
-    detected, hits, regions, per_image, scores, verdicts = 0, 0, 0, {}, {}, {}
+    detected, hits, regions, per_image, scores, verdicts, proxy = 0, 0, 0, {}, {}, {}, {}
     for item in items:
         r = seg.segment(item.image)
         truth = read_mask(item)
@@ -235,12 +258,13 @@ def evaluate_ddb1(seg: Segmenter, items) -> dict:
         hits += hit
         regions += n
         scores[item.id] = round(r.image_score, 4)
+        proxy[item.id] = round(lesion_free_score(r, read_mask(item, any_grader=True)), 4)
         verdicts[item.id] = r.hemorrhage_detected
         per_image[item.id] = {"lesions_predicted": len(r.lesions), "regions": n, "hit": hit}
     return {
         "images": len(items),
         "image_level_sensitivity": round(detected / len(items), 4) if items else None,
-        "image_level": _image_level(scores, verdicts),
+        "image_level": _image_level(scores, verdicts, proxy, _operating_point(seg)),
         "lesion_level_hits": hits,
         "lesion_level_regions": regions,
         "lesion_level_sensitivity": round(hits / regions, 4) if regions else None,
@@ -296,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "precision": seg.metadata.precision,
         "backend": seg.backend.name,
         "threshold_source": "--threshold" if args.threshold is not None else "model metadata",
+        "validation_image_level": evaluate_validation_image_level(seg, idrid_items("val")),
         "idrid_test": evaluate_idrid(seg, idrid_items("test")[: args.limit], thr),
     }
     if "ddb1" not in args.skip:
