@@ -60,16 +60,24 @@ GPU_CHECK_ARGS ?=
 gpu-check: $(VENV)/.dev build
 	$(BIN)/python tools/gpu_check.py $(GPU_CHECK_ARGS)
 
-## gpu-pack: what a lent GPU's training run carries (.gpu/, ignored by git): the train+val
-## images preprocessed at GPU_HW (training.pack, ~35 MB at 1280 x 1312) and the Keras wheels
-## for the GPU machine's Python 3.12; tools/gpu_train.sh says how to run it
+## gpu-pack: what a lent GPU machine's calls carry (.gpu/, ignored by git): .gpu/data, the
+## train+val images preprocessed at GPU_HW (training.pack, ~34 MB at 1280 x 1312); .gpu/check,
+## 9 IDRiD test + 3 DIARETDB1 photographs and the kernel's fatbin for gpu-check; .gpu/wheels,
+## Keras and simplejpeg for its Python 3.12. tools/gpu_train.sh and tools/gpu_check_device.sh
+## say how to run them
 GPU_HW ?= 1280 1312
-GPU_WHEELS := keras==3.15.1 namex==0.1.0 optree==0.20.0
-gpu-pack: $(VENV)/.dev
+GPU_WHEELS := keras==3.15.1 namex==0.1.0 optree==0.20.0 simplejpeg==1.9.0
+DATA ?= ../shared/data
+gpu-pack: $(VENV)/.dev build
 	$(BIN)/python -m training.pack --input-hw $(GPU_HW) --out .gpu/data
 	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
 	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
 	  -d .gpu/wheels $(GPU_WHEELS)
+	mkdir -p .gpu/check/idrid/images/test .gpu/check/diaretdb1/ddb1_fundusimages
+	cp $(DATA)/idrid/images/test/IDRiD_5[5-9].jpg $(DATA)/idrid/images/test/IDRiD_6[0-3].jpg \
+	  .gpu/check/idrid/images/test/
+	cp $(DATA)/diaretdb1/ddb1_fundusimages/image00[134].png .gpu/check/diaretdb1/ddb1_fundusimages/
+	cp build/hemoseg_preprocess.fatbin .gpu/check/
 
 ## bench: full benchmark suite, then regenerate BENCHMARKS.md
 bench: $(VENV)/.dev build

@@ -17,8 +17,8 @@ out)
     done
     tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) |
         xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1) || true  # moved files: du fails
-    carried=$(du -sb .gpu 2>/dev/null | cut -f1 || echo 0)
-    echo "would travel: $(((tree + carried) / 1048576)) MiB (tree $((tree / 1048576)), .gpu $((carried / 1048576))); limit 64"
+    echo "the working tree now: $((tree / 1048576)) MiB; with what a call carries, 64 MiB at most:"
+    du -sm .gpu/* 2>/dev/null || echo "  no .gpu/ (make gpu-pack)"
     ;;
 back)
     [ -d "$STASH" ] && mv "$STASH"/* engines/ 2>/dev/null || true

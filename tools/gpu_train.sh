@@ -4,7 +4,8 @@
 # Here, first:  make gpu-pack         # .gpu/: preprocessed train+val (training.pack) + wheels
 #               tools/gpu_stage.sh out # engines/ is ~230 MB, over the 64 MiB that travels:
 #                                      # every engine file but the --init weights steps aside
-# Then:         run(command="bash tools/gpu_train.sh", carry=[".gpu"], timeout_s=600)
+# Then:         run(command="bash tools/gpu_train.sh", carry=[".gpu/data", ".gpu/wheels"],
+#                   timeout_s=600)
 #               tools/gpu_stage.sh back
 # Back here: best.weights.h5, log.csv, run_info.json, callback_state.json, curves.png and
 # train.log; ship on the CPU with training.ship (it tunes and compares on validation).
