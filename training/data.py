@@ -144,13 +144,35 @@ def cache_folder(model_hw: tuple[int, int]) -> Path:
     return cache_root() / f"pre_{model_hw[0]}x{model_hw[1]}_{spec_sha256()[:12]}"
 
 
+def cache_entry(model_hw: tuple[int, int], split: str, item_id: str) -> Path:
+    return cache_folder(model_hw) / f"{split}_{item_id}.npz"
+
+
+def geometry_record(g: Geometry) -> dict:
+    """A geometry's fields but the model size, as plain numbers: what the cache (``.npz``) and
+    a pack (``pack.json``) store beside each example."""
+    return {
+        "original_hw": [int(v) for v in g.original_hw],
+        "frame_hw": [int(v) for v in g.frame_hw],
+        "box": [float(v) for v in g.box],
+        "fov_center": [float(v) for v in g.fov_center],
+        "fov_radius": float(g.fov_radius),
+    }
+
+
+def save_cached(path: Path, x: np.ndarray, y_u8: np.ndarray, geometry: dict) -> None:
+    """One cache entry, written whole or not at all (a stop mid-write leaves no half file)."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, x=x, y=y_u8, **geometry)
+    os.replace(tmp, path)
+
+
 def load_cached(items: list[Item], model_hw: tuple[int, int] = DEFAULT_INPUT_HW) -> list[Example]:
     """Preprocess (or read from the on-disk cache) every item."""
-    folder = cache_folder(model_hw)
-    folder.mkdir(parents=True, exist_ok=True)
+    cache_folder(model_hw).mkdir(parents=True, exist_ok=True)
     out = []
     for item in items:
-        f = folder / f"{item.split}_{item.id}.npz"
+        f = cache_entry(model_hw, item.split, item.id)
         if f.exists():
             z = np.load(f)
             geo = Geometry(
@@ -169,18 +191,7 @@ def load_cached(items: list[Item], model_hw: tuple[int, int] = DEFAULT_INPUT_HW)
                 f"--unpack, the pack's input size must be {model_hw[0]} {model_hw[1]})"
             )
         ex = prepare(item, model_hw)
-        tmp = f.with_suffix(".tmp.npz")
-        g = ex.geometry
-        np.savez(
-            tmp,
-            x=ex.x,
-            y=np.round(ex.y * 255).astype(np.uint8),
-            original_hw=g.original_hw,
-            frame_hw=g.frame_hw,
-            box=g.box,
-            fov_center=g.fov_center,
-            fov_radius=g.fov_radius,
-        )
-        os.replace(tmp, f)
+        y_u8 = np.round(ex.y * 255).astype(np.uint8)
+        save_cached(f, ex.x, y_u8, geometry_record(ex.geometry))
         out.append(ex)
     return out

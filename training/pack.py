@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -28,7 +27,16 @@ import cv2
 import numpy as np
 
 from hemoseg_edge.preprocess import spec_sha256
-from training.data import PACK_INDEX, cache_folder, data_root, idrid_items, load_cached
+from training.data import (
+    PACK_INDEX,
+    cache_entry,
+    cache_folder,
+    data_root,
+    geometry_record,
+    idrid_items,
+    load_cached,
+    save_cached,
+)
 
 
 def pack(out: Path, input_hw: tuple[int, int], ids: list[str] | None = None) -> dict:
@@ -44,18 +52,7 @@ def pack(out: Path, input_hw: tuple[int, int], ids: list[str] | None = None) -> 
         for name, arr in ((f"{item.id}_x.png", x), (f"{item.id}_y.png", y)):
             if not cv2.imwrite(str(folder / name), arr, [cv2.IMWRITE_PNG_COMPRESSION, 9]):
                 raise OSError(f"could not write {folder / name}")
-        g = ex.geometry
-        index["items"].append(
-            {
-                "id": item.id,
-                "split": item.split,
-                "original_hw": [int(v) for v in g.original_hw],
-                "frame_hw": [int(v) for v in g.frame_hw],
-                "box": [float(v) for v in g.box],
-                "fov_center": [float(v) for v in g.fov_center],
-                "fov_radius": float(g.fov_radius),
-            }
-        )
+        index["items"].append({"id": item.id, "split": item.split, **geometry_record(ex.geometry)})
     (folder / PACK_INDEX).write_text(json.dumps(index, indent=1) + "\n")
     return index
 
@@ -70,26 +67,15 @@ def unpack(root: Path) -> int:
             f"({index['preprocess_sha256'][:12]} != {spec_sha256()[:12]}); pack it again"
         )
     hw = tuple(index["input_hw"])
-    cache = cache_folder(hw)
-    cache.mkdir(parents=True, exist_ok=True)
+    cache_folder(hw).mkdir(parents=True, exist_ok=True)
     for e in index["items"]:
         x = cv2.imread(str(folder / f"{e['id']}_x.png"), cv2.IMREAD_UNCHANGED)
         y = cv2.imread(str(folder / f"{e['id']}_y.png"), cv2.IMREAD_UNCHANGED)
         if x is None or y is None or x.shape != hw or y.shape != hw:
             raise ValueError(f"{folder}: {e['id']}'s PNGs are missing or not {hw}")
-        f = cache / f"{e['split']}_{e['id']}.npz"
-        tmp = f.with_suffix(".tmp.npz")
-        np.savez(
-            tmp,
-            x=(x.astype(np.float32) / 255.0),
-            y=y,
-            original_hw=e["original_hw"],
-            frame_hw=e["frame_hw"],
-            box=e["box"],
-            fov_center=e["fov_center"],
-            fov_radius=e["fov_radius"],
-        )
-        os.replace(tmp, f)
+        geometry = {k: v for k, v in e.items() if k not in ("id", "split")}
+        x = x.astype(np.float32) / 255.0
+        save_cached(cache_entry(hw, e["split"], e["id"]), x, y, geometry)
     return len(index["items"])
 
 
