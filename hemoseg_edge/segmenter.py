@@ -268,9 +268,7 @@ class Segmenter:
             input_sha256=image.sha256,
             image_score=score,
             anatomy=anat,
-            image_threshold=(
-                self.metadata.image_threshold if self.metadata.has_image_threshold else None
-            ),
+            image_threshold=self.metadata.image_operating_point,
         )
 
     # --- public API ---------------------------------------------------------------------------

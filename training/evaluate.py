@@ -157,13 +157,14 @@ def evaluate_idrid(seg: Segmenter, items, threshold: float, bins: int = 1000) ->
         pred = prob >= threshold
         c = M.confusion(pred, truth)
         total += c
-        truth_m = preprocess_mask(truth, r.geometry) >= 0.5
+        coverage = preprocess_mask(truth, r.geometry)
+        truth_m = coverage >= 0.5
         hist_model.add(r.probability, truth_m)
         total_model += M.confusion(r.probability >= threshold, truth_m)
         per_image[item.id] = round(M.dice(c), 4)
         lesion_stats.append(lesion_level(pred, truth))
         scores[item.id] = round(r.image_score, 4)
-        proxy[item.id] = round(lesion_free_score(r, truth), 4)
+        proxy[item.id] = round(lesion_free_score(r, coverage), 4)
         verdicts[item.id] = r.hemorrhage_detected
         print(f"  {item.id}: dice {M.dice(c):.4f}", file=sys.stderr, flush=True)
     hits = sum(s["hit"] for s in lesion_stats)
@@ -191,7 +192,7 @@ def evaluate_idrid(seg: Segmenter, items, threshold: float, bins: int = 1000) ->
                 float(np.mean([s["false_positive"] for s in lesion_stats])), 2
             ),
         },
-        "image_level": _image_level(scores, verdicts, proxy, _operating_point(seg)),
+        "image_level": _image_level(scores, verdicts, proxy, seg.metadata.image_operating_point),
         "seconds": round(time.time() - t0, 1),
     }
 
@@ -216,11 +217,6 @@ def lesion_level(pred: np.ndarray, truth: np.ndarray) -> dict:
     }
 
 
-def _operating_point(seg: Segmenter) -> float | None:
-    md = seg.metadata
-    return md.image_threshold if md.has_image_threshold else None
-
-
 def _image_level(scores: dict, verdicts: dict, proxy: dict, operating_point) -> dict:
     """Image-level detection over images that all have hemorrhage (sensitivity), and the
     ROC against each image's lesion-free proxy (``training.image_level``)."""
@@ -243,9 +239,13 @@ def evaluate_validation_image_level(seg: Segmenter, items) -> dict:
     for item in items:
         r = seg.segment(item.image)
         scores[item.id] = round(r.image_score, 4)
-        proxy[item.id] = round(lesion_free_score(r, read_mask(item)), 4)
+        coverage = preprocess_mask(read_mask(item), r.geometry)
+        proxy[item.id] = round(lesion_free_score(r, coverage), 4)
         verdicts[item.id] = r.hemorrhage_detected
-    return {"images": len(items), **_image_level(scores, verdicts, proxy, _operating_point(seg))}
+    return {
+        "images": len(items),
+        **_image_level(scores, verdicts, proxy, seg.metadata.image_operating_point),
+    }
 
 
 def evaluate_ddb1(seg: Segmenter, items) -> dict:
@@ -258,13 +258,14 @@ def evaluate_ddb1(seg: Segmenter, items) -> dict:
         hits += hit
         regions += n
         scores[item.id] = round(r.image_score, 4)
-        proxy[item.id] = round(lesion_free_score(r, read_mask(item, any_grader=True)), 4)
+        coverage = preprocess_mask(read_mask(item, any_grader=True), r.geometry)
+        proxy[item.id] = round(lesion_free_score(r, coverage), 4)
         verdicts[item.id] = r.hemorrhage_detected
         per_image[item.id] = {"lesions_predicted": len(r.lesions), "regions": n, "hit": hit}
     return {
         "images": len(items),
         "image_level_sensitivity": round(detected / len(items), 4) if items else None,
-        "image_level": _image_level(scores, verdicts, proxy, _operating_point(seg)),
+        "image_level": _image_level(scores, verdicts, proxy, seg.metadata.image_operating_point),
         "lesion_level_hits": hits,
         "lesion_level_regions": regions,
         "lesion_level_sensitivity": round(hits / regions, 4) if regions else None,

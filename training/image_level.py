@@ -47,11 +47,10 @@ def without_true_lesions(prob: np.ndarray, truth: np.ndarray, threshold: float) 
     return np.where(removed, 0.0, prob).astype(np.float32)
 
 
-def lesion_free_score(result, truth_full: np.ndarray) -> float:
-    """The proxy negative score of one ``SegmentationResult`` given its full-resolution truth
-    (any pixel a grader marked as hemorrhage)."""
-    truth = preprocess_mask(truth_full, result.geometry) > 0
-    prob = without_true_lesions(result.probability, truth, result.threshold)
+def lesion_free_score(result, coverage: np.ndarray) -> float:
+    """The proxy negative score of one ``SegmentationResult``, given the hemorrhage coverage
+    on its model grid (``preprocess_mask`` of any pixel a grader marked)."""
+    prob = without_true_lesions(result.probability, coverage > 0, result.threshold)
     return image_score(prob, result.geometry)
 
 

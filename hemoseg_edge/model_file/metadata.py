@@ -116,5 +116,10 @@ class ModelMetadata:
         return self.image_threshold != NO_IMAGE_THRESHOLD
 
     @property
+    def image_operating_point(self) -> float | None:
+        """``image_threshold``, or None for a model without one (no verdict)."""
+        return self.image_threshold if self.has_image_threshold else None
+
+    @property
     def preprocess_matches(self) -> bool:
         return self.preprocess_sha256 == spec_sha256()
