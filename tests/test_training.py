@@ -712,3 +712,33 @@ def test_candidate_image_scores_by_hand():
     assert s["largest_lesion_mass"] == pytest.approx(12.0)
     assert s["total_lesion_mass"] == pytest.approx(18.0)
     assert s["lesion_count"] == 2
+
+
+def test_averaged_checkpoint_is_the_mean_of_the_epochs(tmp_path):
+    from training.average import average_checkpoints, mean_weights
+    from training.export import _float32_model
+
+    with pytest.raises(ValueError, match="shapes"):
+        mean_weights([[np.zeros(2)], [np.zeros(3)]])
+    counter = np.array([7], np.int64)  # non-float state is kept, not averaged
+    mixed = mean_weights(
+        [[np.ones(2, np.float32), counter], [np.full(2, 3, np.float32), counter + 1]]
+    )
+    assert mixed[0].dtype == np.float32 and mixed[0].tolist() == [2.0, 2.0]
+    assert mixed[1].tolist() == [7]
+
+    keras.utils.set_random_seed(0)
+    paths, sets = [], []
+    for k in range(3):
+        model = build_unet((32, 32))  # freshly initialised: three different points
+        paths.append(tmp_path / f"epoch{k:03d}.weights.h5")
+        model.save_weights(paths[-1])
+        sets.append(model.get_weights())
+    out = tmp_path / "mean.weights.h5"
+    average_checkpoints("unet", (32, 32), paths, out)
+    got = _float32_model((32, 32), out, "unet").get_weights()
+    conv = next(i for i, w in enumerate(sets[0]) if w.ndim == 4)
+    assert not np.allclose(sets[0][conv], sets[1][conv])
+    for i, w in enumerate(got):
+        np.testing.assert_allclose(w, np.mean([s[i] for s in sets], axis=0), rtol=1e-6, atol=1e-7)
+    assert not list(tmp_path.glob("*.tmp.*"))

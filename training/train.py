@@ -146,6 +146,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="model input size (the field of view is resampled to it; multiples of 32): "
         "default the architecture's (cpu/paper 560 576, mnv2 1120 1152)",
     )
+    p.add_argument(
+        "--keep-epochs",
+        action="store_true",
+        help="also save every epoch's weights as <run>/epochs/epochNNN.weights.h5 "
+        "(for averaging the last epochs' weights: python -m training.average)",
+    )
     p.add_argument("--precision", default="auto", help="auto|float32|mixed_bfloat16|mixed_float16")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="one line per epoch, no progress bar")
@@ -280,6 +286,14 @@ def main(argv: list[str] | None = None) -> int:
         verbose=1,
     )
     stock = {"checkpoint": checkpoint}
+    every_epoch = []
+    if args.keep_epochs:
+        (run_dir / "epochs").mkdir(exist_ok=True)
+        every_epoch.append(
+            keras.callbacks.ModelCheckpoint(
+                str(run_dir / "epochs" / "epoch{epoch:03d}.weights.h5"), save_weights_only=True
+            )
+        )
     if not full:  # the paper's recipe: a constant learning rate, all its epochs
         stock["early_stop"] = keras.callbacks.EarlyStopping(
             monitor="val_aupr", mode="max", patience=args.patience, verbose=1
@@ -328,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
             ),
             checkpoint,
+            *every_epoch,
             *([stock["early_stop"]] if not full else []),
             EpochCSVLogger(str(log_path), append=True),
             plot,
