@@ -167,14 +167,22 @@ def best_threshold_dice(
     return dice(h.counts_at(0.5)), best, thr
 
 
-def threshold_for_sensitivity(positive_scores: list[float], target: float) -> float:
+def threshold_for_sensitivity(
+    positive_scores: list[float], target: float, decimals: int | None = None
+) -> float:
     """The highest threshold ``t`` with ``mean(score >= t) >= target`` over positive images
-    (an image-level operating point); raises ValueError for an empty list."""
+    (an image-level operating point); raises ValueError for an empty list. With ``decimals``,
+    ``t`` is rounded *down* to that many: short enough to write into metadata, and still met
+    by every score it counted (rounding to nearest could lift it over the lowest of them)."""
     if not positive_scores:
         raise ValueError("no positive scores to choose an operating point from")
     ordered = sorted(float(s) for s in positive_scores)
     misses = int(np.floor((1.0 - target) * len(ordered) + 1e-9))
-    return ordered[misses]
+    t = ordered[misses]
+    if decimals is None:
+        return t
+    floored = float(np.floor(t * 10**decimals) / 10**decimals)
+    return floored if floored <= t else float(np.nextafter(floored, -np.inf))
 
 
 def roc_auc(positive_scores: list[float], negative_scores: list[float]) -> float:

@@ -87,6 +87,17 @@ def test_threshold_for_sensitivity():
         m.threshold_for_sensitivity([], 0.95)
 
 
+def test_operating_point_written_short_still_keeps_the_images_it_counted():
+    """Saturating scores: rounded to nearest, 0.99986 would give 0.9999 and miss itself."""
+    scores = [0.99986, 0.999951, 0.99999994, 1.0, 0.9999992]
+    t4 = m.threshold_for_sensitivity(scores, 0.95, decimals=4)
+    t6 = m.threshold_for_sensitivity(scores, 0.95, decimals=6)
+    assert t4 == 0.9998 and t6 == 0.99986
+    for t in (t4, t6):
+        assert np.mean(np.asarray(scores) >= t) == 1.0
+    assert m.threshold_for_sensitivity([0.5, 0.25], 0.95, decimals=3) == 0.25  # exact stays
+
+
 def test_eleven_point_trapezoid_aupr_by_hand():
     """Perfect separation: precision 1 at every recall -> 1.0; and a hand-made case."""
     h = m.PrHistogram(1000)
