@@ -19,6 +19,10 @@ ANATOMICAL_QUADRANTS = ("superotemporal", "superonasal", "inferotemporal", "infe
 LATERALITIES = ("right", "left")
 # DR-grade hint from hemorrhages alone (``SegmentationResult.dr_hint``)
 SEVERE_HEMORRHAGES_PER_QUADRANT = 20
+# Decimals the image score is reported with (JSON, CSV, report): it crowds just under 1
+# (0.9998-1.0 for most photographs) and operating points sit there, so 4 would show a score
+# equal to a point it is under
+SCORE_DECIMALS = 6
 DR_HINT_CAVEAT = (
     "Hint from hemorrhages alone: microaneurysms, exudates, venous beading, IRMA and new "
     "vessels are not assessed, and lesion counts come from an automated segmentation (false "
@@ -265,7 +269,7 @@ class SegmentationResult:
             "image_size": {"height": g.original_hw[0], "width": g.original_hw[1]},
             "threshold": self.threshold,
             "min_lesion_model_px": self.min_lesion_model_px,
-            "image_score": round(self.image_score, 4) if graded else None,
+            "image_score": round(self.image_score, SCORE_DECIMALS) if graded else None,
             "image_threshold": self.image_threshold,
             "hemorrhage_detected": self.hemorrhage_detected,
             "burden_percent": round(self.burden_percent, 4) if graded else None,

@@ -287,7 +287,7 @@ def test_page_in_chromium(batch, tmp_path):
     reports = len(list(batch.glob("*_report.jpg")))
     assert len(dom.hrefs) == 2 * 4 + reports
     ok_cells = ["".join(c).strip() for c in dom.rows[2]["cells"]]
-    assert ok_cells[4] == f"{float(_csv_rows(batch)[0]['image_score']):.3f}"
+    assert ok_cells[4] == f"{float(_csv_rows(batch)[0]['image_score']):.6f}"
 
 
 def _csv_rows(folder: Path) -> list[dict]:

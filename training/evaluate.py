@@ -29,13 +29,10 @@ import numpy as np
 from hemoseg_edge import metrics as M
 from hemoseg_edge.model_file.shipped import DEFAULT_MODEL
 from hemoseg_edge.preprocess import preprocess_mask
+from hemoseg_edge.result import SCORE_DECIMALS
 from hemoseg_edge.segmenter import Segmenter
 from training.data import ddb1_items, idrid_items, load_cached, read_mask
 from training.image_level import lesion_free_score, proxy_roc
-
-# Image scores are kept to 6 decimals: they crowd just under 1 (0.9998-1.0 for most
-# photographs), where 4 decimals tie images the model tells apart
-SCORE_DECIMALS = 6
 
 
 def _full_prob(result) -> np.ndarray:

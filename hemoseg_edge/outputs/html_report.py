@@ -27,6 +27,7 @@ from typing import TextIO
 from urllib.parse import quote
 
 from ..files import atomic_write
+from ..result import SCORE_DECIMALS
 
 THUMB_SIDE = 160
 STATUS_ORDER = {"ungradable": 0, "failed": 1, "ok": 2}
@@ -196,7 +197,7 @@ def _row_html(
         f'<td data-v="{STATUS_ORDER.get(status, 3)}"><span class="st st-{_esc(status)}">'
         f"{_esc(status)}</span></td>",
         f'<td data-v="{vrank}" class="{vclass}">{_esc(verdict)}</td>',
-        _num_cell(row.get("image_score", ""), 3),
+        _num_cell(row.get("image_score", ""), SCORE_DECIMALS),
         _num_cell(row.get("burden_percent", ""), 3),
         _num_cell(row.get("lesion_count", "")),
         *(_num_cell(row.get(q, "")) for q, _, _ in QUADRANTS),

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..files import atomic_write_all, printable_path
-from ..result import SegmentationResult
+from ..result import SCORE_DECIMALS, SegmentationResult
 from .encode import encode_jpeg, encode_png_mask
 from .overlay import load_overlay_frame, render_overlay
 from .visual import render_visual_report
@@ -32,7 +32,7 @@ def summary_line(result: SegmentationResult) -> str:
         return f"NOT GRADABLE ({', '.join(result.ungradable_reasons)})"
     verdict = {True: "hemorrhage detected", False: "no hemorrhage detected", None: "score"}
     return (
-        f"{verdict[result.hemorrhage_detected]} ({result.image_score:.2f}); "
+        f"{verdict[result.hemorrhage_detected]} ({result.image_score:.{SCORE_DECIMALS}f}); "
         f"{result.burden_percent:.2f}% of FOV, {len(result.lesions)} lesions"
     ) + (f"  [{', '.join(result.flags)}]" if result.flags else "")
 

@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 
 from ..files import atomic_write_bytes, printable_path
-from ..result import SegmentationResult
+from ..result import SCORE_DECIMALS, SegmentationResult
 
 REPORT_FIELDS = (
     "input",
@@ -52,7 +52,7 @@ def result_row(path: str | Path, result: SegmentationResult, files: dict[str, st
     )
     if result.gradable:
         row.update(
-            image_score=f"{result.image_score:.4f}",
+            image_score=f"{result.image_score:.{SCORE_DECIMALS}f}",
             burden_percent=f"{result.burden_percent:.4f}",
             lesion_count=len(result.lesions),
             lesion_area_px=result.lesion_area_px,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..result import QUADRANTS, SegmentationResult
+from ..result import QUADRANTS, SCORE_DECIMALS, SegmentationResult
 from .overlay import sample_mask
 
 PANEL_SIDE = 900  # longest side of each image panel, px
@@ -159,9 +159,20 @@ def _header(width: int, result: SegmentationResult) -> np.ndarray:
     else:
         verdict = {True: "HEMORRHAGE DETECTED", False: "no hemorrhage detected", None: ""}
         v = verdict[result.hemorrhage_detected]
-        op = f" (operating point {result.image_threshold:.4g})" if result.image_threshold else ""
+        op = (
+            f" (operating point {result.image_threshold:.{SCORE_DECIMALS}g})"
+            if result.image_threshold
+            else ""
+        )
         colour = _RED if result.hemorrhage_detected else _INK
-        lines.append((f"{v}  image score {result.image_score:.4f}{op}".strip(), colour, 0.75, 2))
+        lines.append(
+            (
+                f"{v}  image score {result.image_score:.{SCORE_DECIMALS}f}{op}".strip(),
+                colour,
+                0.75,
+                2,
+            )
+        )
         q = result.quadrant_counts
         quads = ", ".join(f"{k.replace('_', ' ')} {q[k]}" for k in QUADRANTS)
         lines.append(
