@@ -85,14 +85,15 @@ bench: $(VENV)/.dev build
 	$(BIN)/python -m pytest benchmarks -q --benchmark-json=benchmarks/results.json
 	$(BIN)/python benchmarks/report.py benchmarks/results.json
 
-## card: re-measure every number in engines/MODEL_CARD.md (v6-v1: test set, DIARETDB1, precisions)
+## card: re-measure every number in engines/MODEL_CARD.md (v7-v1: test set, DIARETDB1, precisions)
 card: $(VENV)/.dev
-	for v in v6:hemoseg_mnv2_v6 v4:hemoseg_mnv2_v4 v3:hemoseg_mnv2_v3 v2:hemoseg_mnv2_v2 v5:hemoseg_unet_v5 v1:hemoseg_unet_v1; do n=$${v%%:*}; m=$${v#*:}; \
+	for v in v7:hemoseg_mnv2_v7 v6:hemoseg_mnv2_v6 v4:hemoseg_mnv2_v4 v3:hemoseg_mnv2_v3 v2:hemoseg_mnv2_v2 v5:hemoseg_unet_v5 v1:hemoseg_unet_v1; do n=$${v%%:*}; m=$${v#*:}; \
 	  $(BIN)/python -m training.evaluate --model engines/$$m.onnx --out engines/eval_$$n.json && \
 	  $(BIN)/python -m training.quantize_report --fp32 engines/$$m.onnx \
 	    --fp16 engines/$${m}_fp16.onnx --int8 engines/$${m}_int8.onnx \
 	    --out engines/quantize_$$n.json || exit 1; done
 	$(BIN)/python -m training.model_card \
+	  --model v7=engines/eval_v7.json,engines/quantize_v7.json \
 	  --model v6=engines/eval_v6.json,engines/quantize_v6.json,engines/train_v6 \
 	  --model v4=engines/eval_v4.json,engines/quantize_v4.json,engines/train_v3 \
 	  --model v3=engines/eval_v3.json,engines/quantize_v3.json,engines/train_v3 \

@@ -622,6 +622,7 @@ SHIPPED_FAMILIES = {
         for k, s in (("fp32", ""), ("fp16", "_fp16"), ("int8", "_int8"))
     }
     for family in (
+        "hemoseg_mnv2_v7",
         "hemoseg_mnv2_v6",
         "hemoseg_mnv2_v4",
         "hemoseg_mnv2_v3",

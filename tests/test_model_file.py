@@ -70,6 +70,7 @@ def test_shipped_models_are_self_contained():
     from hemoseg_edge.model_file import default_model_path
 
     for name in (
+        "hemoseg_mnv2_v7.onnx",
         "hemoseg_mnv2_v6.onnx",
         "hemoseg_unet_v5.onnx",
         "hemoseg_mnv2_v4.onnx",
@@ -78,7 +79,7 @@ def test_shipped_models_are_self_contained():
         "hemoseg_unet_v1.onnx",
     ):
         data = default_model_path(name).read_bytes()
-        assert onnx_metadata(data, name).version in ("v1", "v2", "v3", "v4", "v5", "v6")
+        assert onnx_metadata(data, name).version in ("v1", "v2", "v3", "v4", "v5", "v6", "v7")
 
 
 def test_minimum_lesion_area_metadata_is_optional_and_checked():

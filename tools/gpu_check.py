@@ -52,6 +52,7 @@ sys.path.insert(0, str(REPO))  # hemoseg_edge and training, also without an edit
 
 ENGINES = REPO / "engines"
 FAMILIES = {
+    "v7": "hemoseg_mnv2_v7",
     "v6": "hemoseg_mnv2_v6",
     "v5": "hemoseg_unet_v5",
     "v4": "hemoseg_mnv2_v4",
@@ -164,7 +165,7 @@ def prerequisites() -> dict[str, Prereq]:
 
     imgs = shared_images()
     masks = data_root() / "idrid" / "masks" / "HE" / "test"
-    shipped = [ENGINES / f"{FAMILIES['v6']}{s}.onnx" for s in PRECISIONS.values()]
+    shipped = [ENGINES / f"{FAMILIES['v7']}{s}.onnx" for s in PRECISIONS.values()]
     missing = [p.name for p in shipped if not p.is_file()]
     nvcc = shutil.which("nvcc")
     return {
@@ -559,7 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checks", default=",".join(CHECKS), help=f"subset of {','.join(CHECKS)}")
     ap.add_argument("--images", type=int, default=3, help="IDRiD test images for trt (0: all)")
     ap.add_argument(
-        "--families", default="v6", help="model families for trt: v6, v5, v4, v3, v2, v1 or a list"
+        "--families",
+        default="v7",
+        help="model families for trt: v7, v6, v5, v4, v3, v2, v1 or a list",
     )
     ap.add_argument("--rounds", type=int, default=50, help="timed rounds for speed")
     ap.add_argument("--workspace-mb", type=int, default=2048, help="TensorRT build workspace")

@@ -2,7 +2,7 @@
 # gpu-check on a lent GPU machine (the device tool's `run`), prepared on the CPU here.
 #
 # Here, first:  make gpu-pack
-#               KEEP=engines/hemoseg_mnv2_v6.onnx tools/gpu_stage.sh out
+#               KEEP=engines/hemoseg_mnv2_v7.onnx tools/gpu_stage.sh out
 # Then:         run(command="bash tools/gpu_check_device.sh", carry=[".gpu/check", ".gpu/wheels"],
 #                   timeout_s=480)
 #               tools/gpu_stage.sh back
@@ -13,7 +13,7 @@
 # so tools/gpu_check.py runs on it directly with simplejpeg from .gpu/wheels and a few
 # photographs in .gpu/check as HEMOSEG_DATA. It proves what CuPy can: the CUDA kernel against
 # the CPU reference (the gpu tests, the kernel check on every carried photograph at 560 x 576
-# and v6's 1280 x 1312) and its speed. TensorRT and pycuda are not on that machine: the trt
+# and v7's 1440 x 1472) and its speed. TensorRT and pycuda are not on that machine: the trt
 # check and the TensorRT tests report NOT RUN / skip, with the reason.
 #
 # What has run: the dry run and the GPU tests' collection under Python 3.11 on the CPU here,

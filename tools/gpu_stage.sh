@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STASH=${STASH:-/tmp/hemoseg-engines-stash}
-KEEP=${KEEP:-engines/hemoseg_mnv2_v6.weights.h5}
+KEEP=${KEEP:-engines/hemoseg_mnv2_v7.weights.h5}
 case "${1:-}" in
 out)
     mkdir -p "$STASH"

@@ -14,8 +14,8 @@
 # ../shared/data: the wheels (keras, namex, optree) and the data pack travel in .gpu/. Keras runs
 # on the torch backend there. TRAIN_SECONDS bounds the training (the run stops after it, between
 # or inside an epoch; every epoch's best is already saved), so the copy-out always runs inside
-# the 10-minute command limit. TRAIN_ARGS replaces the recipe (default: v6's weights fine-tuned
-# at the pack's input size, 1440 x 1472 by default, with the recipe below).
+# the 10-minute command limit. TRAIN_ARGS replaces the recipe (default: v7's weights, the
+# shipped default, fine-tuned further at the pack's input size, 1440 x 1472 by default, v7's own).
 #
 # What has run: this script end to end on the CPU here under Python 3.11 with the same wheels
 # and a small pack (KERAS_BACKEND=torch, torch 2.13 CPU). Not yet run on a GPU.
@@ -33,8 +33,8 @@ HW=$("$PY" -c 'import json;print(*json.load(open(".gpu/data/idrid/pack.json"))["
 # new size cost more than it fixed. Measured on the CPU at 1536 x 1568, lr 4e-5, after the first
 # epoch: validation AUPR (model resolution) 0.6065, loss 0.693 with --recal-init 45; 0.6509,
 # 0.548 without. Six epochs of this recipe there (7.5 min each) reached 0.6889, not v6's 0.7022:
-# it needs the epochs a GPU has.
-TRAIN_ARGS=${TRAIN_ARGS:-"--recipe mnv2 --init engines/hemoseg_mnv2_v6.weights.h5 --input-hw $HW \
+# it needs the epochs a GPU has. (v7 came from a longer CPU run of this recipe at 1440 x 1472.)
+TRAIN_ARGS=${TRAIN_ARGS:-"--recipe mnv2 --init engines/hemoseg_mnv2_v7.weights.h5 --input-hw $HW \
  --freeze-bn --lr 4e-5 --lr-patience 2 --exposure 0.45,1.4 --epochs 200 --patience 10"}
 
 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
