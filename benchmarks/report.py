@@ -253,10 +253,15 @@ def _host_of(run: dict) -> tuple[str, str]:
 def measured_apart(benches: list[dict], main: tuple[str, str]) -> list[str]:
     """A line naming the run of a group measured in another run than the machine section's."""
     runs = {tuple(b["_run"]) for b in benches if "_run" in b and tuple(b["_run"][:2]) != main}
-    return [
-        f"Measured in a separate run: {cpu}, {date}, load average at start {load}."
-        for cpu, date, load in sorted(runs, key=str)
-    ] + ([""] if runs else [])
+    lines = []
+    for run in sorted(runs, key=str):
+        rows = [_label(b) for b in benches if tuple(b.get("_run", ())) == run]
+        which = "" if len(rows) == len(benches) else f" (rows {', '.join(rows)})"
+        lines.append(
+            f"Measured in a separate run{which}: {run[0]}, {run[1]}, load average at start "
+            f"{run[2]}."
+        )
+    return lines + ([""] if runs else [])
 
 
 def memory_section(benches: list[dict]) -> list[str]:
@@ -309,7 +314,14 @@ def parity_section(benches: list[dict]) -> list[str]:
     ]
 
 
-def summary_section(groups: dict[str, list[dict]]) -> list[str]:
+def _apart(b: dict, main: tuple[str, str] | None) -> bool:
+    """Whether benchmark ``b`` comes from another run than the report's machine section."""
+    return main is not None and "_run" in b and tuple(b["_run"][:2]) != main
+
+
+def summary_section(
+    groups: dict[str, list[dict]], main: tuple[str, str] | None = None
+) -> list[str]:
     inf = groups.get("inference", [])
     e2e = {b.get("extra_info", {}).get("mode"): b for b in groups.get("end-to-end", [])}
     if not inf or "batch" not in e2e:
@@ -317,13 +329,8 @@ def summary_section(groups: dict[str, list[dict]]) -> list[str]:
     best = max(inf, key=_ips)
     lines = ["## End-to-end vs pure inference", ""]
     rows = []
-    for mode in (
-        "single",
-        "batch",
-        "batch+outputs",
-        "batch-spare-core",
-        "batch+outputs-spare-core",
-    ):
+    modes = ("single", "batch", "batch+outputs", "batch-spare-core", "batch+outputs-spare-core")
+    for mode in modes:
         b = e2e.get(mode)
         if b is None:
             continue
@@ -332,7 +339,7 @@ def summary_section(groups: dict[str, list[dict]]) -> list[str]:
         paired = ei.get("paired_ratio")
         rows.append(
             [
-                mode,
+                mode + (" (†)" if _apart(b, main) else ""),
                 f"{ei.get('model', '?')} on {ei.get('providers', '')}",
                 f"{ips:.2f}",
                 f"{ei['paired_inference_median']:.2f}" if paired is not None else "-",
@@ -340,7 +347,9 @@ def summary_section(groups: dict[str, list[dict]]) -> list[str]:
                 f"{ips / _ips(best):.3f}",
             ]
         )
-    batch = e2e["batch"]["extra_info"]
+    # the default model is the one the report's own run measured, where it measured a row
+    own = [e2e[m] for m in modes if m in e2e and not _apart(e2e[m], main)]
+    batch = (own or [e2e["batch"]])[0]["extra_info"]
     lines += [
         f'Default CPU path: `{batch.get("model", "?")}`, backend "auto" (what `hemoseg-edge'
         " segment` runs without `--model`). Best pure inference in the inference group:"
@@ -360,11 +369,26 @@ def summary_section(groups: dict[str, list[dict]]) -> list[str]:
         " has CPU left to hide them in.",
         "",
     ]
+    apart = sorted({tuple(e2e[m]["_run"]) for m in modes if m in e2e and _apart(e2e[m], main)})
+    for cpu, date, load in apart:
+        models = sorted(
+            {
+                e2e[m]["extra_info"].get("model", "?")
+                for m in modes
+                if m in e2e and tuple(e2e[m].get("_run", ())) == (cpu, date, load)
+            }
+        )
+        lines += [
+            f"(†) measured in a separate, earlier run with {', '.join(models)}: {cpu}, {date},"
+            f" load average at start {load}. Not re-measured with the current default model.",
+            "",
+        ]
     share = e2e["batch"]["extra_info"].get("inference_cpu_share")
     if share is not None:
         ei = e2e["batch"]["extra_info"]
         lines += [
-            f"CPU accounting inside the batch rounds (no pairing needed): {ei['total_core_ms']}"
+            f"CPU accounting inside the batch rounds of {ei.get('model', '?')} (no pairing"
+            f" needed){' (†)' if _apart(e2e['batch'], main) else ''}: {ei['total_core_ms']}"
             f" core-ms per image in all, {ei['other_core_ms']} of them in decode, preprocess"
             f" and postprocess (thread CPU time), so inference had **{share:.3f}** of the CPU"
             " (median over rounds).",
@@ -549,7 +573,7 @@ def render(
         "",
     ]
     lines += machine_section(data)
-    lines += summary_section(groups)
+    lines += summary_section(groups, _host_of(data))
     lines += mermaid_chart(groups)
     if plot(groups, plot_path):
         rel = os.path.relpath(plot_path, md_path.parent)
@@ -578,17 +602,20 @@ def render(
 
 
 def merge(runs: list[dict]) -> dict:
-    """One report from several runs: all benchmarks, the first run's machine; the load averages
-    of every run are kept."""
+    """One report from several runs: the first run's machine; a benchmark measured in more than
+    one run is taken from the first that has it (a later, partial run listed first replaces
+    those rows of an older full one); the load averages of every run are kept."""
     data = dict(runs[0])
-    data["benchmarks"] = [
-        {
-            **b,
-            "_run": [*_host_of(r), str(r.get("hemoseg", {}).get("load_average_at_start"))],
-        }
-        for r in runs
-        for b in r.get("benchmarks", [])
-    ]
+    seen: set[str] = set()
+    data["benchmarks"] = []
+    for r in runs:
+        for b in r.get("benchmarks", []):
+            key = b.get("fullname", b["name"])
+            if key in seen:
+                continue
+            seen.add(key)
+            run = [*_host_of(r), str(r.get("hemoseg", {}).get("load_average_at_start"))]
+            data["benchmarks"].append({**b, "_run": run})
     if len(runs) > 1:
         hm = dict(data.get("hemoseg", {}))
         hm["load_average_at_start"] = [
