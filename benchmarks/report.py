@@ -250,9 +250,14 @@ def _host_of(run: dict) -> tuple[str, str]:
     return cpu, str(run.get("datetime", "?"))
 
 
+def _apart(b: dict, main: tuple[str, str] | None) -> bool:
+    """Whether benchmark ``b`` comes from another run than the report's machine section."""
+    return main is not None and "_run" in b and tuple(b["_run"][:2]) != main
+
+
 def measured_apart(benches: list[dict], main: tuple[str, str]) -> list[str]:
     """A line naming the run of a group measured in another run than the machine section's."""
-    runs = {tuple(b["_run"]) for b in benches if "_run" in b and tuple(b["_run"][:2]) != main}
+    runs = {tuple(b["_run"]) for b in benches if _apart(b, main)}
     lines = []
     for run in sorted(runs, key=str):
         rows = [_label(b) for b in benches if tuple(b.get("_run", ())) == run]
@@ -314,11 +319,6 @@ def parity_section(benches: list[dict]) -> list[str]:
     ]
 
 
-def _apart(b: dict, main: tuple[str, str] | None) -> bool:
-    """Whether benchmark ``b`` comes from another run than the report's machine section."""
-    return main is not None and "_run" in b and tuple(b["_run"][:2]) != main
-
-
 def summary_section(
     groups: dict[str, list[dict]], main: tuple[str, str] | None = None
 ) -> list[str]:
@@ -369,17 +369,16 @@ def summary_section(
         " has CPU left to hide them in.",
         "",
     ]
-    apart = sorted({tuple(e2e[m]["_run"]) for m in modes if m in e2e and _apart(e2e[m], main)})
-    for cpu, date, load in apart:
-        models = sorted(
-            {
+    apart: dict[tuple, set[str]] = {}  # run -> the models its rows ran
+    for m in modes:
+        if m in e2e and _apart(e2e[m], main):
+            apart.setdefault(tuple(e2e[m]["_run"]), set()).add(
                 e2e[m]["extra_info"].get("model", "?")
-                for m in modes
-                if m in e2e and tuple(e2e[m].get("_run", ())) == (cpu, date, load)
-            }
-        )
+            )
+    for (cpu, date, load), models in sorted(apart.items(), key=lambda kv: kv[0]):
         lines += [
-            f"(†) measured in a separate, earlier run with {', '.join(models)}: {cpu}, {date},"
+            f"(†) measured in a separate, earlier run with {', '.join(sorted(models))}: {cpu},"
+            f" {date},"
             f" load average at start {load}. Not re-measured with the current default model.",
             "",
         ]

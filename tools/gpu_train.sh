@@ -33,7 +33,8 @@ HW=$("$PY" -c 'import json;print(*json.load(open(".gpu/data/idrid/pack.json"))["
 # new size cost more than it fixed. Measured on the CPU at 1536 x 1568, lr 4e-5, after the first
 # epoch: validation AUPR (model resolution) 0.6065, loss 0.693 with --recal-init 45; 0.6509,
 # 0.548 without. Six epochs of this recipe there (7.5 min each) reached 0.6889, not v6's 0.7022:
-# it needs the epochs a GPU has. (v7 came from a longer CPU run of this recipe at 1440 x 1472.)
+# it needs the epochs a GPU has. (v7 most likely came from this recipe at 1440 x 1472; its log
+# was lost.)
 TRAIN_ARGS=${TRAIN_ARGS:-"--recipe mnv2 --init engines/hemoseg_mnv2_v7.weights.h5 --input-hw $HW \
  --freeze-bn --lr 4e-5 --lr-patience 2 --exposure 0.45,1.4 --epochs 200 --patience 10"}
 
